@@ -1,0 +1,200 @@
+"""The LightningCLI shared by ``avvp-pretrain`` and ``avvp-finetune``.
+
+Entry-point support only: nothing in the library (data, models, losses, metrics,
+grounding) imports this module. What it adds to a plain ``LightningCLI``:
+
+* ``--config NAME.yaml`` given as a bare name resolves to the bundled file of the stage
+  (``avvp_lightning/configs/<stage>/NAME.yaml``), from any directory; a path still works.
+* The stage's ``defaults.yaml`` (the tuned hyperparameters) is always loaded first, so a
+  table row is a small override file.
+* ``--run.*`` settings: the run's name, W&B group/tags/project and output folder. Every
+  run writes to ``<run.output_dir>/<run.name>/seed<seed>/`` (checkpoints, CSV logs, the
+  resolved config, test outputs); ``--ckpt_path best|last`` resolve inside that folder.
+* Loggers: a CSV logger always, plus W&B, offline unless ``WANDB_MODE=online`` (or
+  ``--run.wandb online``); ``WANDB_MODE=disabled`` turns it off. W&B never prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.cli import ArgsType, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from avvp_lightning.errors import DataError
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def config_dir(stage: str) -> Path:
+    """Folder of the configs bundled for ``stage`` (``"finetune"`` or ``"pretrain"``)."""
+    return Path(str(resources.files("avvp_lightning.configs"))) / stage
+
+
+def bundled_configs(stage: str) -> list[str]:
+    """Names of the bundled config files of ``stage``, without ``defaults.yaml``."""
+    return sorted(p.name for p in config_dir(stage).glob("*.yaml") if p.name != "defaults.yaml")
+
+
+def _resolve_config(value: str, stage: str) -> str:
+    if os.path.exists(value) or os.sep in value or value.startswith(("{", "[")):
+        return value  # a real path, or inline YAML/JSON
+    name = value if value.endswith((".yaml", ".yml")) else value + ".yaml"
+    candidate = config_dir(stage) / name
+    if candidate.is_file():
+        return str(candidate)
+    raise DataError(
+        f"config {value!r}: no such file, and no bundled {stage} config of that name. "
+        f"Bundled: {', '.join(bundled_configs(stage))}"
+    )
+
+
+def resolve_config_args(args: list[str], stage: str) -> list[str]:
+    """Map bare ``--config NAME`` arguments to the stage's bundled config files."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            out += [arg, _resolve_config(args[i + 1], stage)]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            arg = "--config=" + _resolve_config(arg.split("=", 1)[1], stage)
+        out.append(arg)
+        i += 1
+    return out
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the resolved config into the run folder and into the W&B run.
+
+    Lightning's default writes ``config.yaml`` to the logger's folder, where a second
+    subcommand of the same run would collide; here each subcommand gets its own file
+    (``config-fit.yaml``, ``config-test.yaml``, ...), overwritten on resume.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / f"config-{stage}.yaml"
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import yaml
+
+                logger.experiment.config.update(yaml.safe_load(path.read_text()), allow_val_change=True)
+                logger.experiment.save(str(path), base_path=str(run_dir), policy="now")
+
+
+class AVVPCLI(LightningCLI):
+    """LightningCLI with bundled configs, a run folder per (name, seed) and offline W&B."""
+
+    stage: str = ""
+    description: str = ""
+
+    def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
+        if args is None:
+            # Rewrite sys.argv rather than passing args, which LightningCLI warns about.
+            sys.argv[1:] = resolve_config_args(sys.argv[1:], self.stage)
+        elif isinstance(args, (list, tuple)):
+            args = resolve_config_args([str(a) for a in args], self.stage)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        defaults = str(config_dir(self.stage) / "defaults.yaml")
+        description = (
+            f"{self.description}\n\nBundled configs (give a bare name to --config, after "
+            f"the subcommand; defaults.yaml is always loaded first): {', '.join(bundled_configs(self.stage))}"
+        )
+        parser_kwargs = {"description": description}
+        for sub in SUBCOMMANDS:
+            parser_kwargs[sub] = {"default_config_files": [defaults], "description": description}
+        super().__init__(
+            model_class,
+            datamodule_class,
+            args=args,
+            save_config_callback=RunConfigSaver,
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+            seed_everything_default=0,
+            parser_kwargs=parser_kwargs,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- arguments
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--run.name", type=str, default="default",
+                            help="Run name: outputs go to <run.output_dir>/<run.name>/seed<seed>/; also the W&B run name.")
+        parser.add_argument("--run.group", type=Optional[str], default=None,
+                            help="W&B group (the table row); defaults to run.name.")
+        parser.add_argument("--run.tags", type=list[str], default=[], help="W&B tags (the row's components).")
+        parser.add_argument("--run.project", type=str, default="avvp-lightning", help="W&B project.")
+        parser.add_argument("--run.output_dir", type=str, default="outputs", help="Root folder of all runs.")
+        parser.add_argument("--run.wandb", type=Optional[Literal["offline", "online", "disabled"]], default=None,
+                            help="W&B mode; default: $WANDB_MODE, else offline (no account, no network).")
+
+    # ----------------------------------------------------------------- run folder
+    def run_dir(self) -> Path:
+        cfg = self.config[self.subcommand]
+        return Path(cfg.run.output_dir) / cfg.run.name / f"seed{cfg.seed_everything}"
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        if cfg.trainer.default_root_dir is None:
+            cfg.trainer.default_root_dir = str(self.run_dir())
+        ckpt = cfg.get("ckpt_path")
+        if ckpt in ("best", "last"):
+            path = Path(cfg.trainer.default_root_dir) / "checkpoints" / f"{ckpt}.ckpt"
+            if path.is_file():
+                cfg.ckpt_path = str(path)
+            elif self.subcommand == "fit" and ckpt == "last":
+                warnings.warn(f"--ckpt_path last: {path} does not exist; training from scratch.", stacklevel=1)
+                cfg.ckpt_path = None
+            else:
+                raise DataError(f"--ckpt_path {ckpt}: {path} does not exist (train first with the same "
+                                "--config/--run.name/--seed_everything, or give a checkpoint path).")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        root = Path(trainer_cfg.get("default_root_dir") or self.run_dir())
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = self.make_loggers(root)
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if trainer_cfg.get("enable_checkpointing", True) is not False:
+            callbacks += self.stage_callbacks(root)
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+    def stage_callbacks(self, run_dir: Path) -> list[Callback]:
+        """Callbacks every run of the stage gets (checkpointing); overridden per stage."""
+        return []
+
+    def make_loggers(self, run_dir: Path) -> list[Logger]:
+        cfg = self.config[self.subcommand]
+        # One CSV folder per invocation (csv/version_N), so a resumed fit keeps the old one.
+        loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
+        mode = cfg.run.wandb or os.environ.get("WANDB_MODE") or "offline"
+        if mode == "disabled":
+            return loggers
+        try:
+            from pytorch_lightning.loggers import WandbLogger
+        except ImportError:  # pragma: no cover - wandb is a dependency
+            return loggers
+        os.environ.setdefault("WANDB_MODE", "offline" if mode != "online" else "online")
+        loggers.append(
+            WandbLogger(
+                project=cfg.run.project,
+                name=f"{cfg.run.name}-seed{cfg.seed_everything}",
+                group=cfg.run.group or cfg.run.name,
+                tags=list(cfg.run.tags),
+                job_type=self.subcommand,
+                save_dir=str(run_dir),
+                offline=mode != "online",
+            )
+        )
+        return loggers

@@ -1,0 +1,18 @@
+"""Test settings: W&B off (no network, no prompt), data cached in a per-session folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+SHARED_LLP = Path(__file__).resolve().parents[2] / "shared" / "llp"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep generated default datasets out of the user's cache."""
+    if "AVVP_DATA_DIR" not in os.environ:
+        os.environ["AVVP_DATA_DIR"] = str(tmp_path_factory.mktemp("avvp_data"))
