@@ -1,0 +1,164 @@
+"""Attention blocks of the AVVP parser: multi-head attention and global context aware attention.
+
+Both modules take a query sequence and a key/value sequence of the same width and return one
+vector per query position. They differ only in how queries and keys are formed:
+
+* :class:`MultiHeadAttention` — standard ``q = W_q x``, ``k = W_k y``.
+* :class:`GlobalContextAttention` — the queries and keys are pulled towards a global context
+  vector (the time mean of their own sequence) by a learned gate, after Yang et al.,
+  "Context-Aware Self-Attention Networks" (AAAI 2019), as used by the seed paper (GCAA).
+
+Values are projected the same way in both, and the attention core is
+:func:`torch.nn.functional.scaled_dot_product_attention`. Self-attention is
+``attn(x, x)``; cross-modal attention is ``attn(x, other)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AttentionKind = Literal["mha", "gcaa"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention.
+
+    Args:
+        dim: Width of the query, key and value sequences (and of the output).
+        num_heads: Number of heads; ``dim`` must be divisible by it.
+        dropout: Dropout on the attention weights while training (as in HAN's
+            ``nn.MultiheadAttention``).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)  # W_q
+        self.k_proj = nn.Linear(dim, dim)  # W_k
+        self.v_proj = nn.Linear(dim, dim)  # W_v
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        """(B, T, dim) -> (B, heads, T, head_dim)."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def queries_keys(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+        """Project the query and key sequences.
+
+        Args:
+            query: (B, Tq, dim) query sequence.
+            key: (B, Tk, dim) key/value sequence.
+
+        Returns:
+            Queries (B, heads, Tq, head_dim) and keys (B, heads, Tk, head_dim).
+        """
+        return self._split(self.q_proj(query)), self._split(self.k_proj(key))
+
+    def forward(self, query: Tensor, key: Tensor) -> Tensor:
+        """Attend from every query position over the key sequence.
+
+        Args:
+            query: (B, Tq, dim) query sequence.
+            key: (B, Tk, dim) key sequence, also used for the values.
+
+        Returns:
+            (B, Tq, dim) attention output after the output projection.
+        """
+        q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
+        v = self._split(self.v_proj(key))  # (B, nh, Tk, hd)
+        drop = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, Tq, hd)
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)  # (B, Tq, dim)
+        return self.out_proj(out)
+
+
+class GlobalContextAttention(MultiHeadAttention):
+    """Global context aware attention (GCAA), multi-head.
+
+    For a sequence ``x`` (B, T, dim) with context ``c = mean_t x_t`` (B, dim), each head forms
+
+    * ``q = W_q x``, ``q_c = U_q c`` (``U_q`` has no bias, as the matrix in Yang et al.),
+    * a scalar gate per position and head ``l_q = sigmoid(v_qx . q + v_qc . q_c)``,
+    * the context-aware query ``q^ = (1 - l_q) q + l_q q_c``.
+
+    Keys get the same treatment with their own parameters (``U_k``, ``v_kx``, ``v_kc``) and the
+    context of the key sequence (for cross-modal attention, the other modality's mean).
+    Values are unchanged; ``q^`` and ``k^`` then go through ordinary scaled dot-product attention.
+
+    Args:
+        dim: Width of the sequences.
+        num_heads: Number of heads; each head has its own gate vectors.
+        dropout: Dropout on the attention weights while training.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.1) -> None:
+        super().__init__(dim, num_heads, dropout)
+        self.q_context = nn.Linear(dim, dim, bias=False)  # U_q
+        self.k_context = nn.Linear(dim, dim, bias=False)  # U_k
+        std = self.head_dim**-0.5
+        # Gate vectors, one per head: (nh, hd).
+        self.q_gate_x = nn.Parameter(torch.randn(num_heads, self.head_dim) * std)  # v_qx
+        self.q_gate_c = nn.Parameter(torch.randn(num_heads, self.head_dim) * std)  # v_qc
+        self.k_gate_x = nn.Parameter(torch.randn(num_heads, self.head_dim) * std)  # v_kx
+        self.k_gate_c = nn.Parameter(torch.randn(num_heads, self.head_dim) * std)  # v_kc
+
+    def _contextualize(
+        self, x: Tensor, proj: nn.Linear, context: nn.Linear, gate_x: Tensor, gate_c: Tensor
+    ) -> Tensor:
+        """Gate a projected sequence towards its projected global context.
+
+        Args:
+            x: (B, T, dim) input sequence.
+            proj: W (queries or keys).
+            context: U (queries or keys).
+            gate_x: (nh, hd) gate vector on the local projection.
+            gate_c: (nh, hd) gate vector on the context projection.
+
+        Returns:
+            (B, nh, T, hd) context-aware projections.
+        """
+        local = self._split(proj(x))  # (B, nh, T, hd)
+        ctx = self._split(context(x.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
+        gate = torch.sigmoid(
+            (local * gate_x[:, None, :]).sum(-1, keepdim=True)  # (B, nh, T, 1)
+            + (ctx * gate_c[:, None, :]).sum(-1, keepdim=True)  # (B, nh, 1, 1)
+        )  # (B, nh, T, 1)
+        return (1.0 - gate) * local + gate * ctx  # (B, nh, T, hd)
+
+    def queries_keys(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+        """Context-aware queries ``q^`` and keys ``k^``, each (B, heads, T, head_dim)."""
+        q = self._contextualize(query, self.q_proj, self.q_context, self.q_gate_x, self.q_gate_c)
+        k = self._contextualize(key, self.k_proj, self.k_context, self.k_gate_x, self.k_gate_c)
+        return q, k
+
+
+def build_attention(
+    kind: AttentionKind, dim: int, num_heads: int = 1, dropout: float = 0.1
+) -> MultiHeadAttention:
+    """Build the attention block named by ``kind``.
+
+    Args:
+        kind: ``"mha"`` for standard multi-head attention, ``"gcaa"`` for global context
+            aware attention.
+        dim: Sequence width.
+        num_heads: Number of heads.
+        dropout: Attention-weight dropout.
+
+    Returns:
+        The attention module.
+    """
+    if kind == "mha":
+        return MultiHeadAttention(dim, num_heads, dropout)
+    if kind == "gcaa":
+        return GlobalContextAttention(dim, num_heads, dropout)
+    raise ValueError(f"attention must be 'mha' or 'gcaa', got {kind!r}")

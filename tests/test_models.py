@@ -1,0 +1,299 @@
+"""Tests of the AVVP parser, its attention blocks, the MMIL pooling and the discriminator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from avvp_lightning.errors import DataError
+from avvp_lightning.models import (
+    AVVPParser,
+    GlobalContextAttention,
+    ModalityDiscriminator,
+    MultiHeadAttention,
+    dann_alpha,
+    grad_reverse,
+)
+from avvp_lightning.models.parser import AttentiveMMILPooling
+
+B, T, C = 3, 10, 25
+
+
+def _batch(seed: int = 0, frames: int = T, audio_dim: int = 128, visual_dim: int = 2048):
+    gen = torch.Generator().manual_seed(seed)
+    audio = torch.randn(B, T, audio_dim, generator=gen)
+    visual = torch.randn(B, frames, visual_dim, generator=gen)
+    motion = torch.randn(B, T, 512, generator=gen)
+    return audio, visual, motion
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _set_linear(layer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if layer.bias is not None:
+            layer.bias.copy_(torch.zeros_like(layer.bias) if bias is None else bias)
+
+
+def test_gcaa_gate_half_with_identity_weights():
+    """Zero gate vectors give l = 1/2, so q^ = (x + mean x) / 2 with identity projections."""
+    attn = GlobalContextAttention(2, num_heads=1, dropout=0.0)
+    eye = torch.eye(2)
+    for layer in (attn.q_proj, attn.k_proj, attn.q_context, attn.k_context):
+        _set_linear(layer, eye)
+    with torch.no_grad():
+        for gate in (attn.q_gate_x, attn.q_gate_c, attn.k_gate_x, attn.k_gate_c):
+            gate.zero_()
+    query = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (1, 2, 2), mean (0.5, 0.5)
+    key = torch.tensor([[[2.0, 0.0], [0.0, 0.0], [1.0, 3.0]]])  # (1, 3, 2), mean (1, 1)
+    q, k = attn.queries_keys(query, key)
+    assert torch.allclose(q[0, 0], torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    assert torch.allclose(k[0, 0], torch.tensor([[1.5, 0.5], [0.5, 0.5], [1.0, 2.0]]))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_gcaa_matches_hand_computation(heads):
+    torch.manual_seed(0)
+    dim, hd = 4, 4 // heads
+    attn = GlobalContextAttention(dim, num_heads=heads, dropout=0.0).eval()
+    query, key = torch.randn(2, 3, dim), torch.randn(2, 5, dim)  # (B, Tq, D), (B, Tk, D)
+    W = {name: torch.randn(dim, dim) for name in ("q", "k", "v", "o", "uq", "uk")}
+    bias = {name: torch.randn(dim) for name in ("q", "k", "v", "o")}
+    _set_linear(attn.q_proj, W["q"], bias["q"])
+    _set_linear(attn.k_proj, W["k"], bias["k"])
+    _set_linear(attn.v_proj, W["v"], bias["v"])
+    _set_linear(attn.out_proj, W["o"], bias["o"])
+    _set_linear(attn.q_context, W["uq"])
+    _set_linear(attn.k_context, W["uk"])
+    gates = {name: torch.randn(heads, hd) for name in ("qx", "qc", "kx", "kc")}
+    with torch.no_grad():
+        attn.q_gate_x.copy_(gates["qx"])
+        attn.q_gate_c.copy_(gates["qc"])
+        attn.k_gate_x.copy_(gates["kx"])
+        attn.k_gate_c.copy_(gates["kc"])
+
+    expected = torch.zeros(2, 3, dim)
+    for b in range(2):
+        q_all = query[b] @ W["q"].T + bias["q"]  # (Tq, D)
+        k_all = key[b] @ W["k"].T + bias["k"]  # (Tk, D)
+        v_all = key[b] @ W["v"].T + bias["v"]  # (Tk, D)
+        qc_all = query[b].mean(0) @ W["uq"].T  # (D,)
+        kc_all = key[b].mean(0) @ W["uk"].T  # (D,)
+        heads_out = []
+        for h in range(heads):
+            cols = slice(h * hd, (h + 1) * hd)
+            q, k, v = q_all[:, cols], k_all[:, cols], v_all[:, cols]
+            qc, kc = qc_all[cols], kc_all[cols]
+            lq = torch.sigmoid(q @ gates["qx"][h] + qc @ gates["qc"][h])[:, None]  # (Tq, 1)
+            lk = torch.sigmoid(k @ gates["kx"][h] + kc @ gates["kc"][h])[:, None]  # (Tk, 1)
+            q_hat = (1 - lq) * q + lq * qc
+            k_hat = (1 - lk) * k + lk * kc
+            weights = torch.softmax(q_hat @ k_hat.T / math.sqrt(hd), dim=-1)  # (Tq, Tk)
+            heads_out.append(weights @ v)
+        expected[b] = torch.cat(heads_out, dim=-1) @ W["o"].T + bias["o"]
+    assert torch.allclose(attn(query, key), expected, atol=1e-5)
+
+
+def test_mha_matches_torch_multihead_attention():
+    torch.manual_seed(1)
+    ours = MultiHeadAttention(8, num_heads=2, dropout=0.0).eval()
+    ref = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    with torch.no_grad():
+        projs = (ours.q_proj, ours.k_proj, ours.v_proj)
+        ref.in_proj_weight.copy_(torch.cat([proj.weight for proj in projs]))
+        ref.in_proj_bias.copy_(torch.cat([proj.bias for proj in projs]))
+        ref.out_proj.weight.copy_(ours.out_proj.weight)
+        ref.out_proj.bias.copy_(ours.out_proj.bias)
+    query, key = torch.randn(3, 4, 8), torch.randn(3, 6, 8)
+    expected, _ = ref(query, key, key)
+    assert torch.allclose(ours(query, key), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("cls", [MultiHeadAttention, GlobalContextAttention])
+def test_attention_shapes(cls, heads):
+    attn = cls(8, num_heads=heads)
+    out = attn(torch.randn(3, 5, 8), torch.randn(3, 7, 8))
+    assert out.shape == (3, 5, 8)
+    if cls is GlobalContextAttention:
+        assert attn.q_gate_x.shape == (heads, 8 // heads)  # one gate vector per head
+    with pytest.raises(ValueError, match="divisible"):
+        cls(8, num_heads=3)
+
+
+# ------------------------------------------------------------------ gradient reversal
+
+
+def test_grad_reverse_flips_and_scales_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(4, 3)
+    y = grad_reverse(x, 0.25)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()
+    assert torch.equal(x.grad, -0.25 * w)
+
+
+def test_dann_alpha_schedule():
+    assert dann_alpha(0.0) == 0.0
+    assert dann_alpha(0.5) == pytest.approx(0.98661, abs=1e-5)
+    assert dann_alpha(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert dann_alpha(0.5, gamma=1.0) == pytest.approx(2 / (1 + math.exp(-0.5)) - 1)
+
+
+def test_discriminator_layout_and_shape():
+    disc = ModalityDiscriminator(512)
+    widths = [(m.in_features, m.out_features) for m in disc.modules() if isinstance(m, nn.Linear)]
+    assert widths == [(512, 128), (128, 10), (10, 1)]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in disc.modules()) == 2
+    assert disc(torch.randn(B, T, 2, 512)).shape == (B, T, 2)
+
+
+# ---------------------------------------------------------------------- MMIL pooling
+
+
+def test_mmil_pooling_matches_hand_computation():
+    torch.manual_seed(2)
+    pool = AttentiveMMILPooling(dim=3, num_classes=2)
+    with torch.no_grad():
+        for layer in (pool.fc_prob, pool.fc_frame_att, pool.fc_av_att):
+            layer.weight.copy_(torch.randn(2, 3))
+            layer.bias.copy_(torch.randn(2))
+    x = torch.randn(2, 4, 2, 3)  # (B, T, M, H)
+    out = pool(x)
+    pool.requires_grad_(False)
+
+    def score(fc: nn.Linear, b: int, c: int) -> torch.Tensor:  # (T, M) logits of class c
+        return torch.tensor([[x[b, t, m] @ fc.weight[c] + fc.bias[c] for m in range(2)]
+                             for t in range(4)])
+
+    for b in range(2):
+        for c in range(2):
+            p = torch.sigmoid(score(pool.fc_prob, b, c))  # (T, M)
+            s, r = score(pool.fc_frame_att, b, c), score(pool.fc_av_att, b, c)
+            att_t = s.exp() / s.exp().sum(0, keepdim=True)  # softmax over time
+            att_m = r.exp() / r.exp().sum(1, keepdim=True)  # softmax over modalities
+            video = sum(att_t[t, m] * att_m[t, m] * p[t, m] for t in range(4) for m in range(2))
+            audio = sum(att_t[t, 0] * p[t, 0] for t in range(4))
+            visual = sum(att_t[t, 1] * p[t, 1] for t in range(4))
+            assert out["video_prob"][b, c].item() == pytest.approx(video.item(), abs=1e-6)
+            assert out["audio_prob"][b, c].item() == pytest.approx(audio.item(), abs=1e-6)
+            assert out["visual_prob"][b, c].item() == pytest.approx(visual.item(), abs=1e-6)
+            assert torch.allclose(out["segment_prob"][b, :, :, c], p, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- parser
+
+TABLE_ROWS = {
+    "han": dict(architecture="han"),
+    "base": dict(architecture="base"),
+    "base+gcaa": dict(architecture="base", attention="gcaa"),
+    "base+adv+skip": dict(architecture="base", adversarial=True, skip=True),
+    "base+adv+skip+gcaa": dict(architecture="base", adversarial=True, skip=True, attention="gcaa"),
+    "han+gcaa+adv": dict(architecture="han", attention="gcaa", adversarial=True),
+    "han-2-layers": dict(architecture="han", num_layers=2),
+    "base-2-layers-2-heads": dict(architecture="base", skip=True, num_layers=2, num_heads=2),
+    "pretrained-features": dict(architecture="base", adversarial=True, skip=True, attention="gcaa",
+                                audio_dim=64, visual_dim=96, motion_dim=0),
+}
+
+
+@pytest.mark.parametrize("row", list(TABLE_ROWS))
+def test_table_rows_forward_backward(row):
+    kwargs = dict(TABLE_ROWS[row], hidden_dim=32, ffn_dim=48)
+    torch.manual_seed(3)
+    model = AVVPParser(**kwargs)
+    audio, visual, motion = _batch(audio_dim=model.audio_dim, visual_dim=model.visual_dim)
+    out = model(audio, visual, None if model.motion_dim == 0 else motion, grl_alpha=0.5)
+    shapes = {"video_prob": (B, C), "audio_prob": (B, C), "visual_prob": (B, C),
+              "segment_prob": (B, T, 2, C), "features": (B, T, 2, 32)}
+    for key, shape in shapes.items():
+        assert out[key].shape == shape, key
+        assert torch.isfinite(out[key]).all(), key
+    if kwargs.get("adversarial"):
+        assert out["modality_logit"].shape == (B, T, 2)
+    else:
+        assert out["modality_logit"] is None
+    loss = sum(out[k].sum() for k in ("video_prob", "audio_prob", "visual_prob"))
+    if out["modality_logit"] is not None:
+        loss = loss + out["modality_logit"].sum()
+    loss.backward()
+    for name, param in model.named_parameters():  # every parameter is used and finite
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_default_han_matches_reference_size():
+    # HAN's published architecture: fc_a, fc_v, fc_st, fc_fusion, one hybrid layer, MMIL heads.
+    assert sum(p.numel() for p in AVVPParser().parameters()) == 4_569_675
+
+
+def test_video_prob_within_unit_interval():
+    torch.manual_seed(4)
+    model = AVVPParser(hidden_dim=32, ffn_dim=32).eval()
+    audio, visual, motion = (10 * x for x in _batch(seed=4))
+    out = model(audio, visual, motion)
+    for key in ("video_prob", "audio_prob", "visual_prob"):
+        assert (out[key] >= 0).all() and (out[key] <= 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize("row", ["han", "base+adv+skip+gcaa"])
+def test_frame_level_visual_equals_pooled(row):
+    torch.manual_seed(5)
+    model = AVVPParser(**TABLE_ROWS[row], hidden_dim=32, ffn_dim=32).eval()
+    audio, frames, motion = _batch(seed=5, frames=8 * T)
+    pooled = frames.view(B, T, 8, -1).mean(dim=2)  # (B, T, Dv)
+    a, b = model(audio, frames, motion), model(audio, pooled, motion)
+    keys = ("video_prob", "audio_prob", "visual_prob", "segment_prob", "features", "modality_logit")
+    for key in keys:
+        if a[key] is None:
+            assert b[key] is None and not TABLE_ROWS[row].get("adversarial")
+        else:
+            assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+@pytest.mark.parametrize("architecture", ["han", "base"])
+def test_layers_feed_forward(architecture):
+    torch.manual_seed(6)
+    two = AVVPParser(architecture=architecture, num_layers=2, hidden_dim=32, ffn_dim=32).eval()
+    seen: dict[int, tuple] = {}
+    for i, layer in enumerate(two.layers):
+        layer.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, (args[0], out)))
+    audio, visual, motion = _batch(seed=6)
+    out2 = two(audio, visual, motion)
+    assert torch.equal(seen[1][0], seen[0][1])  # layer 1's input is layer 0's output
+    assert torch.equal(out2["features"], torch.stack(seen[1][1].chunk(2), dim=2))
+    # The same weights without the second layer give different outputs.
+    one = AVVPParser(architecture=architecture, num_layers=1, hidden_dim=32, ffn_dim=32).eval()
+    state = {k: v for k, v in two.state_dict().items() if not k.startswith("layers.1.")}
+    one.load_state_dict(state)
+    out1 = one(audio, visual, motion)
+    assert torch.equal(out1["features"], torch.stack(seen[0][1].chunk(2), dim=2))
+    assert not torch.allclose(out1["video_prob"], out2["video_prob"])
+
+
+def test_motion_dim_zero_drops_motion_branch():
+    model = AVVPParser(audio_dim=16, visual_dim=24, motion_dim=0, hidden_dim=32, ffn_dim=32)
+    assert not hasattr(model, "fc_motion") and not hasattr(model, "fc_fusion")
+    out = model(torch.randn(B, T, 16), torch.randn(B, T, 24))
+    assert out["video_prob"].shape == (B, C)
+
+
+def test_invalid_configuration_and_shapes():
+    with pytest.raises(ValueError, match="skip"):
+        AVVPParser(architecture="han", skip=True)
+    with pytest.raises(ValueError, match="architecture"):
+        AVVPParser(architecture="transformer")
+    with pytest.raises(ValueError, match="attention"):
+        AVVPParser(attention="linear")
+    model = AVVPParser(hidden_dim=32, ffn_dim=32)
+    audio, visual, motion = _batch()
+    with pytest.raises(DataError, match=r"'visual'.*\(3, k\*10, 2048\)"):
+        model(audio, visual[:, :7], motion)
+    with pytest.raises(DataError, match=r"'motion'.*\(3, 10, 512\)"):
+        model(audio, visual, motion[:, :, :100])
+    with pytest.raises(DataError, match="'motion'"):
+        model(audio, visual)
