@@ -1,0 +1,142 @@
+"""``avvp-data``: generate synthetic datasets, check an LLP root, locate the embedded default.
+
+Examples::
+
+    avvp-data generate /tmp/llp_synth --train 2000 --val 200 --test 300
+    avvp-data generate-snippets /tmp/snippets --videos 1000
+    avvp-data check /data/llp
+    avvp-data default
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
+from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
+from avvp_lightning.errors import DataError
+from avvp_lightning.labels import NUM_SEGMENTS
+
+
+def _dims(args: argparse.Namespace) -> dict[str, int]:
+    return dict(SMALL_DIMS) if args.small_dims else {f"{m}_dim": d for m, d in FEATURE_DIMS.items()}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    root = generate_llp(args.root, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed,
+                        overwrite=args.overwrite, **_dims(args))
+    print(f"wrote {args.train}/{args.val}/{args.test} train/val/test videos to {root} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _generate_snippets(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    root = generate_snippets(args.root, num_videos=args.videos, seed=args.seed, overwrite=args.overwrite,
+                             **_dims(args))
+    print(f"wrote {args.videos} snippet videos to {root} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    options = dict(audio_dir=args.audio_dir, visual_dir=args.visual_dir, motion_dir=args.motion_dir,
+                   audio_dim=args.audio_dim, visual_dim=args.visual_dim, motion_dim=args.motion_dim,
+                   num_segments=args.num_segments)
+    data = read_llp(args.root, args.splits, keep=False, problems=problems, **options)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.root}:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print(f"{args.root}: OK")
+    for split, part in data.items():
+        dense = " (with dense truth)" if part.dense_audio is not None else ""
+        print(f"  {split:<6} {len(part.filenames):>6} videos{dense}")
+    root = Path(args.root)
+    for modality, folder in (("audio", args.audio_dir), ("visual", args.visual_dir), ("motion", args.motion_dir)):
+        files = sorted((root / folder).glob("*.npy"))
+        shape = _shape(files[0]) if files else "none"
+        print(f"  {modality:<6} {root / folder}: {len(files)} files, shape {shape}")
+    return 0
+
+
+def _shape(path: Path) -> str:
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return f"{tuple(array.shape)} {array.dtype}"
+
+
+def _default(args: argparse.Namespace) -> int:
+    print(default_root(args.kind))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``avvp-data`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="avvp-data",
+        description="Datasets in the LLP layout: synthetic generation, checks, the embedded default.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("root", metavar="ROOT", help="folder to create (absent or empty)")
+        sub.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+        sub.add_argument("--small-dims", action="store_true",
+                         help="small feature sizes for quick experiments (audio {audio_dim}, visual {visual_dim}, "
+                              "motion {motion_dim}) instead of the real 128, 2048, 512".format(**SMALL_DIMS))
+        sub.add_argument("--overwrite", action="store_true", help="replace ROOT if it exists")
+
+    gen = commands.add_parser("generate", help="write a synthetic LLP dataset in the official layout",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common(gen)
+    gen.add_argument("--train", type=int, default=600, help="training videos (weak labels)")
+    gen.add_argument("--val", type=int, default=100, help="validation videos (weak labels + dense truth)")
+    gen.add_argument("--test", type=int, default=150, help="test videos (weak labels + dense truth)")
+    gen.set_defaults(func=_generate)
+
+    snip = commands.add_parser("generate-snippets", help="write a synthetic unlabeled pretraining set",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common(snip)
+    snip.add_argument("--videos", type=int, default=800, help="number of videos")
+    snip.set_defaults(func=_generate_snippets)
+
+    check = commands.add_parser("check", help="list every problem of an LLP root (exit 1 if any)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    check.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
+    check.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
+                       help="splits whose videos and features to check")
+    for modality in ("audio", "visual", "motion"):
+        check.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
+        check.add_argument(f"--{modality}-dim", type=int, default=FEATURE_DIMS[modality],
+                           help=f"{modality} feature size")
+    check.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
+    check.set_defaults(func=_check)
+
+    default = commands.add_parser("default", help="print the embedded default dataset's folder (generated if needed)",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    default.add_argument("--kind", choices=["llp", "snippets"], default="llp", help="which default dataset")
+    default.set_defaults(func=_default)
+    return parser
+
+
+def main(args: Optional[Sequence[str]] = None) -> int:
+    """Run ``avvp-data``; ``args`` as on the command line (default ``sys.argv[1:]``). Returns the exit code."""
+    parsed = build_parser().parse_args(args)
+    try:
+        return parsed.func(parsed)
+    except (DataError, FileExistsError, ValueError) as err:
+        print(f"avvp-data: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Lightning datamodules: LLP for finetuning (weak labels, dense truth) and snippets for pretraining.
+
+Both hold the (pooled) features in memory as tensors and yield one dict per video; the default
+collate stacks them into batches and keeps the ids as a list of strings::
+
+    LLP train:     id, audio (B, T, Da), visual (B, T, Dv), motion (B, T, Dm), label (B, C)
+    LLP val/test:  the same plus dense_audio (B, T, C), dense_visual (B, T, C)
+    LLP predict:   id, audio, visual, motion (+ label when the list has event_labels)
+    snippets:      id, audio (B, T, Da), visual (B, T, Dv)
+
+``visual`` is ``(B, k*T, Dv)`` when ``pool_visual=False``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from avvp_lightning.data.llp import (
+    FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, raise_problems, read_llp, read_video_list,
+)
+from avvp_lightning.data.synthetic import default_root
+from avvp_lightning.labels import CLASSES, NUM_CLASSES, NUM_SEGMENTS
+
+
+class VideoDataset(Dataset):
+    """Videos held in memory: item ``i`` is ``{"id": ids[i], name: tensor[i] for each tensor}``."""
+
+    def __init__(self, ids: list[str], tensors: dict[str, torch.Tensor]):
+        for name, tensor in tensors.items():
+            if len(tensor) != len(ids):
+                raise ValueError(f"{name} has {len(tensor)} rows for {len(ids)} ids")
+        self.ids = ids
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        item: dict[str, object] = {"id": self.ids[i]}
+        item.update({name: tensor[i] for name, tensor in self.tensors.items()})
+        return item
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    """Train loaders shuffle with torch's global RNG (seeded by ``seed_everything``); others keep order."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+
+def _resolve(root: Path, path: str) -> Path:
+    """A path as given when it exists (or is absolute), else relative to the dataset root."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() or candidate.exists() else root / candidate
+
+
+class LLPDataModule(pl.LightningDataModule):
+    """The LLP benchmark (or a dataset in its layout) for training and evaluating video parsers.
+
+    Training batches carry weak, video-level labels only. Validation and test batches also carry
+    the dense segment-level truth; their ``label`` (the weak labels of the val/test CSVs) is there
+    for analysis only: a model must never see it at evaluation time, since painting the true weak
+    labels on every segment alone beats most published parsers.
+
+    Args:
+        root: Dataset root in the official LLP layout. None: the embedded synthetic set, generated
+            on first use and cached (``$AVVP_DATA_DIR`` or ``~/.cache/avvp_lightning``).
+        batch_size: Videos per batch.
+        num_workers: DataLoader worker processes (features are in memory; 0 is usually fastest).
+        audio_dir: Audio feature folder, relative to ``root`` (VGGish: ``feats/vggish``).
+        visual_dir: 2D visual feature folder (ResNet152 frames: ``feats/res152``).
+        motion_dir: 3D visual feature folder (R(2+1)D: ``feats/r2plus1d_18``).
+        audio_dim: Audio feature size (VGGish: 128).
+        visual_dim: Visual feature size (ResNet152: 2048).
+        motion_dim: 3D feature size (R(2+1)D: 512).
+        num_segments: Segments per video.
+        pool_visual: Mean-pool the visual frames (80 per video) to one row per segment.
+        predict_split: What ``predict`` runs on: ``train``, ``val``, ``test``, or the path of a CSV
+            with a ``filename`` column (and optionally ``event_labels``) naming videos whose
+            features are in ``root``.
+    """
+
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+    def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0,
+                 audio_dir: str = FEATURE_DIRS["audio"], visual_dir: str = FEATURE_DIRS["visual"],
+                 motion_dir: str = FEATURE_DIRS["motion"], audio_dim: int = 128, visual_dim: int = 2048,
+                 motion_dim: int = 512, num_segments: int = NUM_SEGMENTS, pool_visual: bool = True,
+                 predict_split: str = "test"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.audio_dim, self.visual_dim, self.motion_dim = audio_dim, visual_dim, motion_dim
+        self.num_segments = num_segments
+        self.class_names: list[str] = list(CLASSES)
+        self.num_classes = NUM_CLASSES
+        self.datasets: dict[str, VideoDataset] = {}
+
+    @property
+    def root(self) -> Path:
+        """The dataset root (the embedded synthetic set when none was given)."""
+        given = self.hparams.root
+        return Path(given).expanduser() if given is not None else default_root("llp")
+
+    def prepare_data(self) -> None:
+        if self.hparams.root is None:
+            default_root("llp")  # generated once (on rank zero) before setup runs everywhere
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Check and load the splits ``stage`` needs (all three when None); raises DataError."""
+        needed = self.STAGE_SPLITS.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
+        missing = [s for s in needed if s not in self.datasets]
+        if not missing:
+            return
+        root, hp = self.root, self.hparams
+        lists, splits = {}, [s for s in missing if s != "predict"]
+        if "predict" in missing:
+            if hp.predict_split in SPLIT_FILES:
+                splits.append(hp.predict_split)
+            else:
+                lists["predict"] = _resolve(root, hp.predict_split)
+        problems: list[str] = []
+        data = read_llp(root, list(dict.fromkeys(splits)) + list(lists), audio_dir=hp.audio_dir,
+                        visual_dir=hp.visual_dir, motion_dir=hp.motion_dir, audio_dim=hp.audio_dim,
+                        visual_dim=hp.visual_dim, motion_dim=hp.motion_dim, num_segments=hp.num_segments,
+                        pool_visual=hp.pool_visual, lists=lists, problems=problems)
+        raise_problems(problems, what=f"LLP dataset at {root}")
+        for split in missing:
+            if split == "predict":
+                source = data["predict" if lists else hp.predict_split]
+                self.datasets["predict"] = self._dataset(source, dense=False)
+            else:
+                self.datasets[split] = self._dataset(data[split], dense=split != "train")
+
+    @staticmethod
+    def _dataset(split: SplitData, dense: bool) -> VideoDataset:
+        tensors = {
+            "audio": torch.from_numpy(split.audio),    # (N, T, Da)
+            "visual": torch.from_numpy(split.visual),  # (N, T, Dv) or (N, k*T, Dv)
+            "motion": torch.from_numpy(split.motion),  # (N, T, Dm)
+        }
+        if split.labels is not None:
+            tensors["label"] = torch.from_numpy(split.labels)  # (N, C)
+        if dense:
+            tensors["dense_audio"] = torch.from_numpy(split.dense_audio)    # (N, T, C)
+            tensors["dense_visual"] = torch.from_numpy(split.dense_visual)  # (N, T, C)
+        return VideoDataset(split.filenames, tensors)
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.datasets["train"], self.batch_size, self.num_workers, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.datasets["val"], self.batch_size, self.num_workers, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return _loader(self.datasets["test"], self.batch_size, self.num_workers, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return _loader(self.datasets["predict"], self.batch_size, self.num_workers, shuffle=False)
+
+
+class SnippetDataModule(pl.LightningDataModule):
+    """Unlabeled videos of 10 one-second snippets for grounding pretraining.
+
+    Args:
+        root: Folder with the video list and feature folders. None: the embedded synthetic
+            snippet set, generated on first use and cached like the LLP default.
+        list_csv: Tab-separated list with a ``filename`` column, relative to ``root``. When it is
+            absent and ``root`` is an LLP root, ``AVVP_train.csv`` trains and ``AVVP_val_pd.csv``
+            validates.
+        val_fraction: Share of the list held out for validation (a fixed random choice).
+        batch_size: Videos per batch.
+        num_workers: DataLoader worker processes.
+        audio_dir: Audio feature folder, relative to ``root``.
+        visual_dir: Visual feature folder, relative to ``root`` (frames are mean-pooled to segments).
+        audio_dim: Audio feature size.
+        visual_dim: Visual feature size.
+        num_segments: Snippets per video.
+        split_seed: Seed of the train/validation choice (independent of the training seed).
+    """
+
+    def __init__(self, root: Optional[str] = None, list_csv: str = "snippets.csv", val_fraction: float = 0.1,
+                 batch_size: int = 64, num_workers: int = 0, audio_dir: str = FEATURE_DIRS["audio"],
+                 visual_dir: str = FEATURE_DIRS["visual"], audio_dim: int = 128, visual_dim: int = 2048,
+                 num_segments: int = NUM_SEGMENTS, split_seed: int = 0):
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.audio_dim, self.visual_dim, self.num_segments = audio_dim, visual_dim, num_segments
+        self.datasets: dict[str, VideoDataset] = {}
+
+    @property
+    def root(self) -> Path:
+        """The dataset root (the embedded synthetic snippet set when none was given)."""
+        given = self.hparams.root
+        return Path(given).expanduser() if given is not None else default_root("snippets")
+
+    def prepare_data(self) -> None:
+        if self.hparams.root is None:
+            default_root("snippets")
+
+    def _lists(self, root: Path, problems: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+        """``{"train"|"val": (filenames, "file, line n" per video)}``."""
+        listed = _resolve(root, self.hparams.list_csv)
+        csvs = {"all": listed}
+        if not listed.is_file() and (root / SPLIT_FILES["train"]).is_file():
+            csvs = {"train": root / SPLIT_FILES["train"]}
+            if (root / SPLIT_FILES["val"]).is_file():
+                csvs["val"] = root / SPLIT_FILES["val"]
+        lists = {}
+        for name, csv in csvs.items():
+            filenames, _, lines = read_video_list(csv, labels="ignore", problems=problems)
+            lists[name] = (filenames, [f"{csv}, line {line}" for line in lines])
+        if "val" in lists:
+            return lists
+        names, where = lists.pop("all", None) or lists.pop("train")
+        n_val = int(round(len(names) * self.hparams.val_fraction))
+        n_val = min(max(n_val, 1 if self.hparams.val_fraction > 0 else 0), max(len(names) - 1, 0))
+        order = np.random.default_rng(self.hparams.split_seed).permutation(len(names))
+        pick = {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
+        return {s: ([names[i] for i in idx], [where[i] for i in idx]) for s, idx in pick.items()}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Check and load the train and validation snippets (once); raises DataError."""
+        if self.datasets:
+            return
+        root, hp, problems = self.root, self.hparams, []
+        lists = self._lists(root, problems)
+        for split, (names, where) in lists.items():
+            tensors = {}
+            for key, folder, dim in (("audio", hp.audio_dir, hp.audio_dim), ("visual", hp.visual_dir, hp.visual_dim)):
+                array = load_features(root / folder, names, hp.num_segments, dim, pool=True, problems=problems,
+                                      listed_in=where)  # (N, T, D)
+                tensors[key] = torch.from_numpy(array)
+            self.datasets[split] = VideoDataset(names, tensors)
+        raise_problems(problems, what=f"snippet dataset at {root}")
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.datasets["train"], self.batch_size, self.num_workers, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.datasets["val"], self.batch_size, self.num_workers, shuffle=False)

@@ -1,0 +1,439 @@
+"""The official LLP layout: split CSVs, dense evaluation CSVs and per-video feature files.
+
+A dataset root holds, unchanged from the official release::
+
+    AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv    filename <tab> event_labels ("Speech,Dog")
+    AVVP_eval_audio.csv, AVVP_eval_visual.csv            filename <tab> onset <tab> offset <tab> event_labels
+    feats/vggish/<id>.npy       (10, 128)  float32
+    feats/res152/<id>.npy       (80, 2048) float32, 8 frames per one-second segment
+    feats/r2plus1d_18/<id>.npy  (10, 512)  float32
+
+where ``<id>`` is the first 11 characters of a filename such as ``BjCEufrlXm4_20_30``.
+
+Every reader can either raise :class:`~avvp_lightning.errors.DataError` at once (the default) or
+append its problems to a ``problems`` list, so that :func:`check_dataset` and the datamodules report
+all problems of a dataset in one message. Problems name the file and the CSV line (header = line 1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from avvp_lightning.errors import DataError
+from avvp_lightning.labels import CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_SEGMENTS
+
+SPLIT_FILES: dict[str, str] = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
+DENSE_FILES: dict[str, str] = {"audio": "AVVP_eval_audio.csv", "visual": "AVVP_eval_visual.csv"}
+FEATURE_DIRS: dict[str, str] = {"audio": "feats/vggish", "visual": "feats/res152", "motion": "feats/r2plus1d_18"}
+FEATURE_DIMS: dict[str, int] = {"audio": 128, "visual": 2048, "motion": 512}
+DENSE_SPLITS: tuple[str, ...] = ("val", "test")  # the splits with dense (segment-level) truth
+ID_LENGTH = 11
+
+
+def video_id(filename: str) -> str:
+    """The YouTube id that keys a video's feature files: the first 11 characters of its filename."""
+    return filename[:ID_LENGTH]
+
+
+MAX_LISTED = 20  # problems spelled out in one DataError; check_dataset returns them all
+
+
+def raise_problems(problems: Sequence[str], what: str = "dataset") -> None:
+    """Raise one :class:`DataError` listing the problems (does nothing when there are none)."""
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        lines = [f"  - {p}" for p in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more (`avvp-data check ROOT` lists them all)")
+        raise DataError(f"{len(problems)} problems in the {what}:\n" + "\n".join(lines))
+
+
+def _report(found: list[str], problems: Optional[list[str]]) -> None:
+    """Hand ``found`` to the caller's ``problems`` list, or raise at once when it has none."""
+    if problems is None:
+        raise_problems(found)
+    else:
+        problems.extend(found)
+
+
+# ----------------------------------------------------------------------------------- CSV files
+def _read_table(path: Path, columns: Sequence[str], found: list[str],
+                optional: Sequence[str] = ()) -> Optional[pd.DataFrame]:
+    """Read a tab-separated CSV as strings; returns None (and records why) when unusable.
+
+    The result keeps the non-blank rows and a ``line`` column (header = line 1). Strings stay
+    strings: ``keep_default_na=False`` so that a label such as ``NA`` is not read as NaN.
+    """
+    if not path.is_file():
+        found.append(f"{path}: file not found")
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False,
+                                skip_blank_lines=False, index_col=False)
+    except pd.errors.EmptyDataError:
+        found.append(f"{path}: empty file (expected a header line: {' '.join(columns)})")
+        return None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError, ValueError, OSError) as err:
+        found.append(f"{path}: not a readable tab-separated CSV ({type(err).__name__}: {err})")
+        return None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        found.append(f"{path}: missing column(s) {', '.join(missing)} (header has "
+                     f"{', '.join(map(str, table.columns))}; the separator must be a tab)")
+        return None
+    table = table[[c for c in (*columns, *optional) if c in table.columns]].copy()
+    for column in table.columns:
+        table[column] = table[column].astype(str).str.strip()
+    table["line"] = np.arange(len(table)) + 2  # header is line 1
+    blank = (table[list(columns)] == "").all(axis=1)
+    return table[~blank].reset_index(drop=True)
+
+
+def _parse_labels(text: str, where: str, found: list[str]) -> list[int]:
+    """Class indices of a comma-joined label string; unknown names become problems."""
+    indices = []
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        if name in CLASS_INDEX:
+            indices.append(CLASS_INDEX[name])
+        else:
+            found.append(f"{where}: unknown class '{name}'")
+    return indices
+
+
+def read_video_list(csv_path: str | Path, *, labels: str = "required",
+                    problems: Optional[list[str]] = None) -> tuple[list[str], Optional[np.ndarray], list[int]]:
+    """Read a list of videos (a split CSV or a prediction list).
+
+    Args:
+        csv_path: Tab-separated CSV with a ``filename`` column and (see ``labels``) ``event_labels``.
+        labels: ``"required"``, ``"optional"`` (read when the column exists) or ``"ignore"``.
+        problems: Collect problems here instead of raising.
+
+    Returns:
+        filenames, weak labels ``(N, C)`` float32 (None when absent or ignored) and the CSV line
+        of each video.
+    """
+    path, found = Path(csv_path), []
+    columns = ("filename", "event_labels") if labels == "required" else ("filename",)
+    optional = ("event_labels",) if labels == "optional" else ()
+    table = _read_table(path, columns, found, optional)
+    if table is None:
+        _report(found, problems)
+        return [], None, []
+    if len(table) == 0:
+        found.append(f"{path}: empty file (a header but no videos)")
+    filenames, lines = table["filename"].tolist(), table["line"].tolist()
+    first_line: dict[str, int] = {}
+    for name, line in zip(filenames, lines):
+        vid = video_id(name)
+        if not name:
+            found.append(f"{path}: line {line}: empty filename")
+        elif vid in first_line:
+            found.append(f"{path}: line {line}: video id '{vid}' is already listed on line {first_line[vid]}")
+        first_line.setdefault(vid, line)
+    weak = None
+    if "event_labels" in table.columns and labels != "ignore":
+        weak = np.zeros((len(table), NUM_CLASSES), dtype=np.float32)  # (N, C)
+        for i, (text, line) in enumerate(zip(table["event_labels"], lines)):
+            weak[i, _parse_labels(text, f"{path}: line {line}", found)] = 1.0
+    _report(found, problems)
+    return filenames, weak, lines
+
+
+def read_weak_labels(csv_path: str | Path, *, problems: Optional[list[str]] = None) -> tuple[list[str], np.ndarray]:
+    """Filenames and video-level (weak) labels ``(N, C)`` float32 of a split CSV."""
+    filenames, weak, _ = read_video_list(csv_path, labels="required", problems=problems)
+    return filenames, weak if weak is not None else np.zeros((0, NUM_CLASSES), dtype=np.float32)
+
+
+def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
+                     *, problems: Optional[list[str]] = None) -> np.ndarray:
+    """Segment-level truth ``(N, T, C)`` float32 of ``filenames`` from a dense CSV, exactly as HAN.
+
+    Each row sets ``GT[int(onset):int(offset), class] = 1``: overlapping rows are OR-ed, a row with
+    onset >= offset sets nothing, and rows naming files not in ``filenames`` are ignored.
+    """
+    path, found = Path(csv_path), []
+    dense = np.zeros((len(filenames), num_segments, NUM_CLASSES), dtype=np.float32)  # (N, T, C)
+    table = _read_table(path, ("filename", "onset", "offset", "event_labels"), found)
+    if table is None:
+        _report(found, problems)
+        return dense
+    row_of = {name: i for i, name in enumerate(filenames)}
+    for name, onset, offset, label, line in table.itertuples(index=False, name=None):
+        where = f"{path}: line {line}"
+        classes = _parse_labels(label, where, found)
+        if not label:
+            found.append(f"{where}: no event label")
+        try:
+            start, end = int(float(onset)), int(float(offset))  # int() truncates, as HAN
+        except (ValueError, OverflowError):
+            found.append(f"{where}: onset/offset '{onset}'/'{offset}' are not numbers")
+            continue
+        if start < 0 or end < 0:
+            found.append(f"{where}: negative onset/offset {onset}/{offset}")
+            continue
+        if name in row_of:
+            dense[row_of[name], start:end, classes] = 1.0
+    _report(found, problems)
+    return dense
+
+
+def dense_to_rows(filenames: Sequence[str], dense: Any,
+                  class_names: Sequence[str] = CLASSES) -> list[tuple[str, int, int, str]]:
+    """Rows ``(filename, onset, offset, label)``, one per maximal run of 1s per class."""
+    dense = np.asarray(dense) > 0.5  # (N, T, C)
+    n, t, _ = dense.shape
+    padded = np.zeros((n, t + 2, dense.shape[2]), dtype=np.int8)  # (N, T+2, C)
+    padded[:, 1:-1] = dense
+    step = np.diff(padded, axis=1)  # (N, T+1, C): +1 at a run's onset, -1 at its offset
+    rows = []
+    for i, c in zip(*np.nonzero(dense.any(axis=1))):
+        onsets, offsets = np.flatnonzero(step[i, :, c] == 1), np.flatnonzero(step[i, :, c] == -1)
+        rows += [(filenames[i], int(a), int(b), class_names[c]) for a, b in zip(onsets, offsets)]
+    return rows
+
+
+def write_rows(path: str | Path, rows: Sequence[tuple[str, Any, Any, str]]) -> None:
+    """Write dense rows with the header of the AVVP_eval_*.csv files."""
+    lines = ["filename\tonset\toffset\tevent_labels"] + ["\t".join(map(str, row)) for row in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_dense_csv(path: str | Path, filenames: Sequence[str], dense: Any,
+                    class_names: Sequence[str] = CLASSES) -> None:
+    """Write a ``(N, T, C)`` 0/1 matrix (numpy or CPU tensor) in the AVVP_eval_*.csv shape.
+
+    One tab-separated row per maximal run of 1s per class, integer onset/offset in segments;
+    :func:`read_dense_truth` of the result gives the matrix back exactly.
+    """
+    write_rows(path, dense_to_rows(filenames, dense, class_names))
+
+
+# ------------------------------------------------------------------------------ feature files
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[int],
+              found: list[str], seen: Counter) -> Optional[np.ndarray]:
+    """One feature file as float32 ``(k*T, D)``, or None (with the problem recorded).
+
+    ``seen`` counts float64 casts (``"float64"``) and the widths of files rejected for their width.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                found.append(f"{path}: not a .npy file (no NUMPY header)")
+                return None
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:  # truncated, corrupt header, a pickled object, unreadable: all unusable
+        found.append(f"{path}: not a readable .npy file, truncated or corrupt ({type(err).__name__}: {err})")
+        return None
+    if array.dtype == np.float64:
+        seen["float64"] += 1
+    elif array.dtype != np.float32:
+        found.append(f"{path}: dtype {array.dtype}, expected float32")
+        return None
+    width = dim if dim is not None else "D"
+    if rows is not None and array.shape != (rows, dim):
+        found.append(f"{path}: wrong shape {array.shape}, expected ({rows}, {width}) like the other files")
+        return None
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[0] % num_segments or \
+            (dim is not None and array.shape[1] != dim):
+        found.append(f"{path}: wrong shape {array.shape}, expected ({num_segments}*k, {width}) for a whole "
+                     f"k >= 1, e.g. ({num_segments}, {width}) or ({8 * num_segments}, {width})")
+        if array.ndim == 2 and dim is not None and array.shape[1] != dim:
+            seen[("width", array.shape[1])] += 1
+        return None
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        kinds = [k for k, bad in (("NaN", np.isnan(array).any()), ("inf", np.isinf(array).any())) if bad]
+        found.append(f"{path}: contains {' and '.join(kinds)} values")
+        return None
+    return array
+
+
+_WARNED_FLOAT64: set[str] = set()  # folders already warned about, once per process
+
+
+def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
+                  dim: Optional[int] = None, pool: bool = True, *, problems: list[str],
+                  listed_in: Optional[Sequence[str]] = None) -> Iterator[tuple[int, Optional[np.ndarray]]]:
+    """Yield ``(i, features)`` per filename: ``(T, D)`` pooled, ``(k*T, D)`` unpooled, None if bad.
+
+    Problems go to ``problems``; ``listed_in[i]`` (e.g. ``"AVVP_train.csv, line 5"``) says where a
+    video whose file is missing was listed. float64 files are cast, with one warning per folder.
+    """
+    folder, seen, first_problem = Path(folder), Counter(), len(problems)
+    if not folder.is_dir():
+        problems.append(f"{folder}: feature folder not found")
+        yield from ((i, None) for i in range(len(filenames)))
+        return
+    ids = [video_id(name) for name in filenames]
+    repeated = {vid for vid, count in Counter(ids).items() if count > 1}
+    cache: dict[str, Optional[np.ndarray]] = {}  # only for ids listed more than once
+    rows = None  # with pool=False every file must have the rows of the first good one
+    for i, (name, vid) in enumerate(zip(filenames, ids)):
+        if vid in cache:
+            yield i, cache[vid]
+            continue
+        path = folder / f"{vid}.npy"
+        array = None
+        if not path.is_file():
+            where = f" ({listed_in[i]})" if listed_in is not None else ""
+            problems.append(f"{path}: missing feature file for video '{name}'{where}")
+        else:
+            array = _read_npy(path, num_segments, dim, rows, problems, seen)  # (k*T, D)
+        if array is not None:
+            dim = array.shape[1]
+            rows = None if pool else array.shape[0]
+            if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows
+                array = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
+        if vid in repeated:
+            cache[vid] = array
+        yield i, array
+    widths = Counter({key[1]: n for key, n in seen.items() if isinstance(key, tuple)}).most_common(1)
+    if widths and widths[0][1] > 1:  # the likely cause first: features of another size
+        problems.insert(first_problem, f"{folder}: {widths[0][1]} files are {widths[0][0]} wide where {dim} is "
+                        f"expected; if they are the features you want, set the feature size to {widths[0][0]}")
+    if seen["float64"] and str(folder) not in _WARNED_FLOAT64:
+        _WARNED_FLOAT64.add(str(folder))
+        warnings.warn(f"{folder}: {seen['float64']} float64 feature file(s) cast to float32 (warned once per "
+                      "folder)", stacklevel=2)
+
+
+def load_features(folder: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
+                  dim: Optional[int] = None, pool: bool = True, *, problems: Optional[list[str]] = None,
+                  listed_in: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Load ``folder/<video_id>.npy`` of every filename into one ``(N, T, D)`` float32 array.
+
+    A file with ``k*T`` rows (ResNet152: 80 frames) is mean-pooled over each ``k`` consecutive rows
+    when ``pool``; with ``pool=False`` the result is ``(N, k*T, D)``. ``dim=None`` takes the width of
+    the first file. Rows of bad files are zeros when ``problems`` collects their problems.
+    """
+    found: list[str] = []
+    out: Optional[np.ndarray] = None
+    for i, array in iter_features(folder, filenames, num_segments, dim, pool, problems=found, listed_in=listed_in):
+        if array is not None:
+            if out is None:
+                out = np.zeros((len(filenames), *array.shape), dtype=np.float32)  # (N, T or kT, D)
+            out[i] = array
+    if out is None:
+        out = np.zeros((len(filenames), num_segments, dim or 0), dtype=np.float32)
+    _report(found, problems)
+    return out
+
+
+# ---------------------------------------------------------------------------- whole datasets
+def _split_rows(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Cut ``array`` along its first axis into consecutive parts of ``sizes`` rows."""
+    return np.split(array, np.cumsum(sizes)[:-1]) if len(sizes) else []
+
+
+@dataclass
+class SplitData:
+    """One split in memory. Dense truth only for the splits that have it (val, test)."""
+
+    filenames: list[str]
+    labels: Optional[np.ndarray]        # (N, C) weak labels, None for an unlabeled list
+    audio: np.ndarray                   # (N, T, Da)
+    visual: np.ndarray                  # (N, T, Dv), or (N, k*T, Dv) unpooled
+    motion: np.ndarray                  # (N, T, Dm)
+    dense_audio: Optional[np.ndarray] = None   # (N, T, C)
+    dense_visual: Optional[np.ndarray] = None  # (N, T, C)
+
+
+def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"), *,
+             audio_dir: str = FEATURE_DIRS["audio"], visual_dir: str = FEATURE_DIRS["visual"],
+             motion_dir: str = FEATURE_DIRS["motion"], audio_dim: Optional[int] = FEATURE_DIMS["audio"],
+             visual_dim: Optional[int] = FEATURE_DIMS["visual"], motion_dim: Optional[int] = FEATURE_DIMS["motion"],
+             num_segments: int = NUM_SEGMENTS, pool_visual: bool = True, lists: Optional[dict[str, Path]] = None,
+             keep: bool = True, problems: Optional[list[str]] = None) -> dict[str, SplitData]:
+    """Read and check ``splits`` of an LLP root (each file read once, problems listed together).
+
+    Args:
+        root: Dataset root in the official layout.
+        splits: Splits to load (``train``/``val``/``test``) plus names given in ``lists``. The other
+            split CSVs present in ``root`` are read too, only to find videos listed in two splits.
+        audio_dir, visual_dir, motion_dir: Feature folders, relative to ``root`` (or absolute).
+        audio_dim, visual_dim, motion_dim: Expected feature widths (None: any).
+        num_segments: Segments per video ``T``.
+        pool_visual: Mean-pool the ``k*T`` visual frames to ``T`` segments.
+        lists: Extra unlabeled video lists ``{name: csv}`` (``event_labels`` optional), e.g. predict.
+        keep: Keep the features (False: only check them, for :func:`check_dataset`).
+        problems: Collect problems here instead of raising one DataError with all of them.
+    """
+    root, found, lists = Path(root), [], dict(lists or {})
+    videos: dict[str, tuple[list[str], Optional[np.ndarray], list[str]]] = {}
+    seen: dict[str, tuple[str, str]] = {}  # video id -> (split, "file, line n") of its first listing
+    for split, name in SPLIT_FILES.items():
+        if split not in splits and not (root / name).is_file():
+            continue
+        # A split that is not wanted is read only to find leaks; its own problems do not matter here.
+        filenames, weak, lines = read_video_list(root / name, labels="required",
+                                                 problems=found if split in splits else [])
+        where = [f"{root / name}, line {line}" for line in lines]
+        for fname, place in zip(filenames, where):
+            first = seen.setdefault(video_id(fname), (split, place))
+            if first[0] != split:
+                found.append(f"video id '{video_id(fname)}' is listed in two splits: {first[1]} and {place}")
+        videos[split] = (filenames, weak, where)
+    for split, csv in lists.items():
+        filenames, weak, lines = read_video_list(csv, labels="optional", problems=found)
+        videos[split] = (filenames, weak, [f"{csv}, line {line}" for line in lines])
+    wanted = [s for s in splits if s in videos]
+
+    sizes = [len(videos[s][0]) for s in wanted]
+    dense: dict[str, list[np.ndarray]] = {}  # modality -> per wanted split (N_s, T, C); None outside val/test
+    with_dense = [s for s in wanted if s in DENSE_SPLITS]
+    if with_dense:
+        names = [f for s in with_dense for f in videos[s][0]]
+        for modality, file in DENSE_FILES.items():
+            truth = read_dense_truth(root / file, names, num_segments, problems=found)  # (N, T, C)
+            parts = dict(zip(with_dense, _split_rows(truth, [len(videos[s][0]) for s in with_dense])))
+            dense[modality] = [parts.get(s) for s in wanted]
+
+    # One pass per feature folder over all wanted splits: one float64 warning per folder.
+    names = [f for s in wanted for f in videos[s][0]]
+    where = [w for s in wanted for w in videos[s][2]]
+    feats: dict[str, list[np.ndarray]] = {}
+    for modality, folder, dim, pool in (("audio", audio_dir, audio_dim, True),
+                                        ("visual", visual_dir, visual_dim, pool_visual),
+                                        ("motion", motion_dir, motion_dim, True)):
+        array = np.zeros((len(names), num_segments if keep else 0, (dim or 0) if keep else 0), np.float32)
+        if not (root / folder).is_dir():
+            found.append(f"{root / folder}: feature folder not found ({modality} features)")
+        elif keep:
+            array = load_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where)
+        else:  # check only: read and validate each file, keep nothing
+            for _ in iter_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where):
+                pass
+        feats[modality] = _split_rows(array, sizes)
+
+    _report(found, problems)
+    return {
+        s: SplitData(videos[s][0], videos[s][1], feats["audio"][j], feats["visual"][j], feats["motion"][j],
+                     dense["audio"][j] if dense else None, dense["visual"][j] if dense else None)
+        for j, s in enumerate(wanted)
+    }
+
+
+def check_dataset(root: str | Path, splits: Sequence[str] = ("train", "val", "test"), **options: Any) -> list[str]:
+    """All problems of an LLP root as readable lines (empty when the dataset is usable).
+
+    Takes the keyword options of :func:`read_llp` (feature folders, dims, ``num_segments``).
+    """
+    problems: list[str] = []
+    read_llp(root, splits, keep=False, problems=problems, **options)
+    return problems
