@@ -83,7 +83,8 @@ class RunConfigSaver(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / f"config-{stage}.yaml"
+        name = getattr(stage, "value", stage)  # a TrainerFn: "fit", "test", ...
+        path = run_dir / f"config-{name}.yaml"
         self.parser.save(self.config, str(path), skip_none=False, overwrite=True)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":

@@ -1,0 +1,49 @@
+"""``avvp-finetune``: train, validate, test and predict with the AVVP parser.
+
+Examples::
+
+    avvp-finetune fit                                  # default model on the embedded synthetic set
+    avvp-finetune test --ckpt_path best                # scores + predictions of the best checkpoint
+    avvp-finetune fit --config han.yaml --data.root /data/llp
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import ArgsType
+
+from avvp_lightning.cli import AVVPCLI
+from avvp_lightning.data.datamodules import LLPDataModule
+from avvp_lightning.finetune.module import ParserModule
+
+
+class FinetuneCLI(AVVPCLI):
+    stage = "finetune"
+    description = "Train and evaluate audio-visual video parsers on LLP (weak labels) with exact HAN metrics."
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        for dim in ("audio_dim", "visual_dim", "motion_dim"):
+            parser.link_arguments(f"data.{dim}", f"model.{dim}")
+
+    def stage_callbacks(self, run_dir: Path) -> list[Callback]:
+        # Keep the best validation segment-level Type@AV (as HAN) and last.ckpt for resuming.
+        return [
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/segment/type",
+                mode="max", save_top_k=1, save_last=True, enable_version_counter=False,
+            )
+        ]
+
+
+def main(args: ArgsType = None) -> None:
+    """Run ``avvp-finetune``; ``args`` as on the command line (default ``sys.argv[1:]``)."""
+    FinetuneCLI(ParserModule, LLPDataModule, args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""ParserModule: trains and evaluates the AVVP parser (HAN and the paper's variants)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from avvp_lightning.data.llp import write_dense_csv
+from avvp_lightning.labels import CLASSES
+from avvp_lightning.losses.parser import parser_loss
+from avvp_lightning.metrics import METRIC_KEYS, AVVPMetrics, decide
+from avvp_lightning.models.discriminator import dann_alpha
+from avvp_lightning.models.parser import AVVPParser
+
+
+class ParserModule(pl.LightningModule):
+    """The AVVP parser trained from weak labels, evaluated with the standard metrics.
+
+    Every row of the paper's Tables 1-2 is a choice of the flags below (see
+    ``configs/finetune``); tuned values live in the YAML configs.
+
+    Args:
+        audio_dim: Audio feature size (VGGish 128; linked from ``data.audio_dim``).
+        visual_dim: 2D visual feature size (ResNet152 2048; linked from ``data.visual_dim``).
+        motion_dim: 3D visual feature size (R(2+1)D 512; 0 = no 3D branch; linked from data).
+        architecture: ``han`` (one shared hybrid attention layer) or ``base`` (separate
+            self-attention per modality, cross-attention over it, shared linear layer).
+        attention: ``mha`` (multi-head attention) or ``gcaa`` (global context aware attention).
+        skip: Add the self-attended features back after the shared layer (``base`` only).
+        adversarial: Modality discriminator behind a gradient reversal layer.
+        hidden_dim: Model width.
+        ffn_dim: Feed-forward width.
+        num_layers: Stacked attention layers.
+        num_heads: Attention heads.
+        dropout: Dropout probability.
+        lambda_g: Weight of the modality-guided loss L_g.
+        lambda_ad: Weight of the adversarial loss L_ad.
+        audio_smoothing: Label smoothing of the audio-guided targets (1.0 = none).
+        visual_smoothing: Label smoothing of the visual-guided targets (0.9 -> 0.9 y + 0.05).
+        grl_gamma: DANN schedule steepness: alpha = 2 / (1 + exp(-gamma p)) - 1, p = progress.
+        threshold: Decision threshold on segment and video probabilities at evaluation.
+        output_dir: Where ``test``/``predict`` write metrics and prediction CSVs;
+            default ``<run folder>/test`` or ``<run folder>/predict``.
+    """
+
+    def __init__(
+        self,
+        audio_dim: int = 128,
+        visual_dim: int = 2048,
+        motion_dim: int = 512,
+        architecture: Literal["han", "base"] = "base",
+        attention: Literal["mha", "gcaa"] = "gcaa",
+        skip: bool = True,
+        adversarial: bool = True,
+        hidden_dim: int = 512,
+        ffn_dim: int = 512,
+        num_layers: int = 1,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        lambda_g: float = 0.6,
+        lambda_ad: float = 0.4,
+        audio_smoothing: float = 1.0,
+        visual_smoothing: float = 0.9,
+        grl_gamma: float = 10.0,
+        threshold: float = 0.5,
+        output_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.parser = AVVPParser(
+            audio_dim=audio_dim, visual_dim=visual_dim, motion_dim=motion_dim,
+            architecture=architecture, attention=attention, skip=skip, adversarial=adversarial,
+            hidden_dim=hidden_dim, ffn_dim=ffn_dim, num_layers=num_layers, num_heads=num_heads,
+            dropout=dropout,
+        )
+        self.val_metrics = AVVPMetrics()  # one instance per stage: states never mix
+        self.test_metrics = AVVPMetrics()
+        self._outputs: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict[str, Any], grl_alpha: float = 1.0) -> dict[str, torch.Tensor]:
+        return self.parser(batch["audio"], batch["visual"], batch["motion"], grl_alpha=grl_alpha)
+
+    def grl_alpha(self) -> float:
+        """DANN strength for the current step (0 -> 1 over the whole training)."""
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return dann_alpha(self.global_step / total, gamma=self.hparams.grl_gamma)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
+        out = self(batch, grl_alpha=alpha)
+        losses = parser_loss(
+            out, batch["label"], lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
+            audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
+        )
+        bs = batch["label"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs, prog_bar=False)
+        self.log("train/loss", losses["total"], batch_size=bs, prog_bar=True)
+        if self.hparams.adversarial:
+            self.log("train/grl_alpha", alpha, batch_size=bs)
+        return losses["total"]
+
+    # ---------------------------------------------------------------- evaluation
+    def _decide(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        # Never uses batch["label"]: val/test weak labels must not reach the model.
+        out = self(batch)
+        seg = out["segment_prob"]  # (B, T, 2, C)
+        pred_a, pred_v = decide(seg[:, :, 0], seg[:, :, 1], out["video_prob"], threshold=self.hparams.threshold)
+        return out, pred_a, pred_v  # preds (B, T, C)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, pred_a, pred_v = self._decide(batch)
+        self.val_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.val_metrics.reset()
+        scalars = {k: v.float() for k, v in scores.items() if v.ndim == 0}
+        self.log("val/segment/type", scalars.pop("segment/type"), prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in scalars.items()})
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out, pred_a, pred_v = self._decide(batch)
+        self.test_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+        self._collect(batch, out, pred_a, pred_v)
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs = {}
+
+    def on_test_epoch_end(self) -> None:
+        scores = self.test_metrics.compute()
+        self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v.float() for k, v in scores.items() if v.ndim == 0})
+        ids, pred_a, pred_v, _ = self._gathered()
+        if self.trainer.is_global_zero:
+            folder = self._output_folder("test")
+            write_dense_csv(folder / "pred_audio.csv", ids, pred_a)
+            write_dense_csv(folder / "pred_visual.csv", ids, pred_v)
+            result = {k: float(scores[k]) for k in METRIC_KEYS}
+            result["per_class"] = {
+                k.removeprefix("per_class/"): dict(zip(CLASSES, v.tolist()))
+                for k, v in scores.items() if k.startswith("per_class/")
+            }
+            result["seed"] = self._seed()
+            result["config"] = self._run_name()
+            result["num_videos"] = len(ids)
+            (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+            print(f"\n{format_table(result)}\nmetrics and predictions written to {folder}", flush=True)
+
+    # ---------------------------------------------------------------- prediction
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out, pred_a, pred_v = self._decide(batch)
+        self._collect(batch, out, pred_a, pred_v)
+
+    def on_predict_epoch_start(self) -> None:
+        self._outputs = {}
+
+    def on_predict_epoch_end(self) -> None:
+        ids, pred_a, pred_v, probs = self._gathered()
+        if self.trainer.is_global_zero:
+            folder = self._output_folder("predict")
+            write_dense_csv(folder / "pred_audio.csv", ids, pred_a)
+            write_dense_csv(folder / "pred_visual.csv", ids, pred_v)
+            np.savez_compressed(folder / "probabilities.npz", ids=np.array(ids), classes=np.array(CLASSES), **probs)
+            print(f"predictions for {len(ids)} videos written to {folder}", flush=True)
+
+    # ------------------------------------------------------------------- helpers
+    def _collect(self, batch: dict[str, Any], out: dict[str, torch.Tensor], pred_a: torch.Tensor,
+                 pred_v: torch.Tensor) -> None:
+        seg = out["segment_prob"].float()
+        rows = {
+            "ids": list(batch["id"]),
+            "pred_audio": pred_a.to(torch.uint8).cpu(),
+            "pred_visual": pred_v.to(torch.uint8).cpu(),
+            "audio_prob": seg[:, :, 0].cpu(),  # (B, T, C)
+            "visual_prob": seg[:, :, 1].cpu(),  # (B, T, C)
+            "video_prob": out["video_prob"].float().cpu(),  # (B, C)
+        }
+        for key, value in rows.items():
+            self._outputs.setdefault(key, []).append(value)
+
+    def _gathered(self) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """This rank's outputs, or all ranks' (each video once, rank order) under DDP."""
+        local = {k: (sum(v, []) if k == "ids" else torch.cat(v).numpy()) for k, v in self._outputs.items()}
+        self._outputs = {}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, local)
+            seen: set[str] = set()
+            merged: dict[str, list] = {}
+            for part in parts:
+                if not part:
+                    continue
+                keep = [i for i, vid in enumerate(part["ids"]) if vid not in seen]
+                seen.update(part["ids"][i] for i in keep)
+                for k, v in part.items():
+                    merged.setdefault(k, []).append([v[i] for i in keep] if k == "ids" else v[keep])
+            local = {k: (sum(v, []) if k == "ids" else np.concatenate(v)) for k, v in merged.items()}
+        if not local:
+            return [], np.zeros((0, 10, len(CLASSES))), np.zeros((0, 10, len(CLASSES))), {}
+        probs = {k: local[k] for k in ("audio_prob", "visual_prob", "video_prob")}
+        return local["ids"], local["pred_audio"], local["pred_visual"], probs
+
+    def _output_folder(self, stage: str) -> Path:
+        folder = Path(self.hparams.output_dir or Path(self.trainer.default_root_dir) / stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _seed(self) -> Optional[int]:
+        import os
+
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return int(seed) if seed is not None else None
+
+    def _run_name(self) -> str:
+        return Path(self.trainer.default_root_dir).parent.name
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The ten numbers in percent with one decimal, in the papers' layout."""
+    cols = ("audio", "visual", "av", "type", "event")
+    head = f"{'':<9}" + "".join(f"{c.replace('type', 'Type@AV').replace('event', 'Event@AV'):>10}" for c in cols)
+    lines = [head]
+    for level in ("segment", "event"):
+        lines.append(f"{level:<9}" + "".join(f"{100 * result[f'{level}/{c}']:>10.1f}" for c in cols))
+    return "\n".join(lines)

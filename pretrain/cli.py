@@ -1,0 +1,89 @@
+"""``avvp-pretrain``: audio-visual grounding pretraining and feature export.
+
+Examples::
+
+    avvp-pretrain fit --config pretrain_multi.yaml             # embedded synthetic snippets
+    avvp-pretrain fit --config pretrain_multi.yaml --data.root /data/audioset_snippets
+    avvp-pretrain export --ckpt_path outputs/pretrain_multi/seed0/checkpoints/last.ckpt \\
+        --root /data/llp --out_name pretrain_multi    # writes feats/pretrain_multi_{audio,visual}/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import ArgsType
+
+from avvp_lightning.cli import AVVPCLI
+from avvp_lightning.data.datamodules import SnippetDataModule
+from avvp_lightning.pretrain.module import PretrainModule
+
+
+class PretrainCLI(AVVPCLI):
+    stage = "pretrain"
+    description = (
+        "Pretrain a UNITER-style audio-visual transformer with grounding losses (uni / cross / multi), "
+        "then export its contextualized features for finetuning (avvp-pretrain export --help)."
+    )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        for dim in ("audio_dim", "visual_dim", "num_segments"):
+            parser.link_arguments(f"data.{dim}", f"model.{dim}")
+
+    def stage_callbacks(self, run_dir: Path) -> list[Callback]:
+        return [
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/loss", mode="min",
+                save_top_k=1, save_last=True, enable_version_counter=False,
+            )
+        ]
+
+
+def export_main(args: list[str]) -> None:
+    """``avvp-pretrain export``: write contextualized features of every LLP video."""
+    from avvp_lightning.pretrain.export import export_features
+
+    parser = argparse.ArgumentParser(
+        prog="avvp-pretrain export",
+        description="Run a pretrained checkpoint over an LLP root and write its contextualized audio and "
+        "visual snippet embeddings as feature folders <root>/feats/<out_name>_audio/ and _visual/ "
+        "(one <id>.npy of shape (10, hidden) per video), which avvp-finetune reads with "
+        "--config pretrain_<variant>.yaml.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by avvp-pretrain fit")
+    parser.add_argument("--root", default=None,
+                        help="LLP root (official layout); default: the embedded synthetic LLP set")
+    parser.add_argument("--out_name", required=True, help="feature folder prefix, e.g. pretrain_multi")
+    parser.add_argument("--audio_dir", default="feats/vggish")
+    parser.add_argument("--visual_dir", default="feats/res152")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    ns = parser.parse_args(args)
+    if ns.root is None:
+        from avvp_lightning.data.synthetic import default_root
+
+        ns.root = str(default_root("llp"))
+    audio, visual = export_features(
+        ns.ckpt_path, ns.root, out_name=ns.out_name, audio_dir=ns.audio_dir, visual_dir=ns.visual_dir,
+        batch_size=ns.batch_size, device=ns.device,
+    )
+    print(f"wrote {audio} and {visual}")
+
+
+def main(args: ArgsType = None) -> None:
+    """Run ``avvp-pretrain``; ``args`` as on the command line (default ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["export"]:
+        export_main([str(a) for a in argv[1:]])
+        return
+    PretrainCLI(PretrainModule, SnippetDataModule, args=args)
+
+
+if __name__ == "__main__":
+    main()

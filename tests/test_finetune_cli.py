@@ -1,0 +1,101 @@
+"""The real ``avvp-finetune`` CLI end to end on tiny synthetic LLP-layout data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avvp_lightning.cli import bundled_configs
+from avvp_lightning.data.llp import read_dense_truth, read_weak_labels
+from avvp_lightning.data.synthetic import generate_llp
+from avvp_lightning.errors import DataError
+from avvp_lightning.finetune.cli import main
+from avvp_lightning.metrics import METRIC_KEYS, avvp_scores
+
+DIMS = {"audio_dim": 16, "visual_dim": 32, "motion_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("llp") / "tiny"
+    generate_llp(root, num_train=48, num_val=13, num_test=17, seed=3, **DIMS)
+    return root
+
+
+def small_args(root: Path, out: Path) -> list[str]:
+    args = ["--data.root", str(root), "--run.output_dir", str(out), "--data.batch_size", "8",
+            "--model.hidden_dim", "32", "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false"]
+    for key, value in DIMS.items():
+        args += [f"--data.{key}", str(value)]
+    return args
+
+
+@pytest.mark.parametrize("config", [c for c in bundled_configs("finetune") if not c.startswith("pretrain_")])
+def test_every_config_fast_dev_run(config: str, tiny_root: Path, tmp_path: Path) -> None:
+    main(["fit", "--config", config, *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
+
+
+def test_fit_test_predict_end_to_end(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = small_args(tiny_root, tmp_path)
+    main(["fit", *args, "--trainer.max_epochs=2"])
+    run_dir = tmp_path / "base_adv_skip_gcaa" / "seed0"
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config-fit.yaml").is_file()
+
+    main(["test", *args, "--ckpt_path", "best"])
+    out = capsys.readouterr()
+    assert "Type@AV" in out.out + out.err
+    result = json.loads((run_dir / "test" / "metrics.json").read_text())
+    assert result["seed"] == 0 and result["config"] == "base_adv_skip_gcaa"
+    assert set(METRIC_KEYS) <= set(result)
+
+    # The written prediction CSVs, scored by the standard evaluation, give the same numbers.
+    files, _ = read_weak_labels(tiny_root / "AVVP_test_pd.csv")
+    truth_a = read_dense_truth(tiny_root / "AVVP_eval_audio.csv", files)
+    truth_v = read_dense_truth(tiny_root / "AVVP_eval_visual.csv", files)
+    pred_a = read_dense_truth(run_dir / "test" / "pred_audio.csv", files)
+    pred_v = read_dense_truth(run_dir / "test" / "pred_visual.csv", files)
+    rescored = avvp_scores(*(torch.from_numpy(x) for x in (pred_a, pred_v, truth_a, truth_v)))
+    for key in METRIC_KEYS:
+        assert rescored[key] == pytest.approx(result[key], abs=1e-9), key
+
+    main(["predict", *args, "--ckpt_path", "last"])
+    probs = np.load(run_dir / "predict" / "probabilities.npz")
+    assert probs["audio_prob"].shape == (17, 10, 25)
+    assert (run_dir / "predict" / "pred_audio.csv").is_file()
+
+
+def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
+    args = small_args(tiny_root, tmp_path)
+    main(["fit", *args, "--trainer.max_epochs=1"])
+    last = tmp_path / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 0
+    main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 1
+
+
+def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("han.yaml", "base_gcaa.yaml", "base_adv_skip_gcaa.yaml"):
+        assert name in text
+
+
+def test_bare_config_name_resolves_from_any_directory(tiny_root: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "han", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
+    with pytest.raises(DataError, match="no bundled finetune config"):
+        main(["fit", "--config", "no_such_row.yaml", "--trainer.fast_dev_run=true"])
+
+
+def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="best.ckpt"):
+        main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
