@@ -4,7 +4,7 @@ Examples::
 
     avvp-pretrain fit --config pretrain_multi.yaml             # embedded synthetic snippets
     avvp-pretrain fit --config pretrain_multi.yaml --data.root /data/audioset_snippets
-    avvp-pretrain export --ckpt_path outputs/pretrain_multi/seed0/checkpoints/last.ckpt \\
+    avvp-pretrain export --ckpt_path outputs/pretrain/pretrain_multi/seed0/checkpoints/last.ckpt \\
         --root /data/llp --out_name pretrain_multi    # writes feats/pretrain_multi_{audio,visual}/
 """
 
