@@ -78,16 +78,20 @@ class BaseLayer(nn.Module):
     1. Separate self-attention per modality: ``s_m = norm_self_m(x_m + drop(self_attn_m(x_m)))``.
     2. Cross-modal attention over the self-attended features (weights shared by both
        directions, as HAN's): ``c = norm_cross(s + drop(cross_attn(s, s_other)))``.
-    3. Shared linear layer over both streams: ``j = drop(relu(shared(c)))``.
+    3. Shared linear layer over both streams, in HAN's feed-forward form (HAN's "shared
+       linear layer" is its shared layer's FFN): ``j = shared_norm(c + drop(ffn(c)))`` with
+       ``ffn = Linear(H, F) - ReLU - drop - Linear(F, H)``, one set of weights for both.
     4. Output ``j`` (Base), or with ``skip`` the self-attended features added back and a
        LayerNorm per modality: ``out_m = norm_skip_m(s_m + j_m)``.
 
-    The shared linear layer plays the role of HAN's feed-forward block (Base has no other).
-    With ``skip`` the joint features become a residual on the pure self-attended signal, which
-    is the paper's remedy for the visual stream swamping the audio one.
+    The residual around the shared block keeps a direct path from the inputs to the pooling
+    (a bare ``relu(linear(c))`` output learned markedly slower from weak labels on our
+    synthetic LLP). With ``skip`` the joint features become a residual on the pure
+    self-attended signal, the paper's remedy for the visual stream swamping the audio one.
 
     Args:
         dim: Hidden width H.
+        ffn_dim: Width F of the shared feed-forward block.
         num_heads: Attention heads.
         dropout: Dropout probability.
         attention: ``"mha"`` or ``"gcaa"`` for all three attentions.
@@ -95,7 +99,13 @@ class BaseLayer(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, dropout: float, attention: AttentionKind, skip: bool
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        dropout: float,
+        attention: AttentionKind,
+        skip: bool,
     ) -> None:
         super().__init__()
         self.self_attn = nn.ModuleList(
@@ -104,7 +114,10 @@ class BaseLayer(nn.Module):
         self.self_norm = nn.ModuleList([nn.LayerNorm(dim) for _ in range(2)])
         self.cross_attn = build_attention(attention, dim, num_heads, dropout)
         self.cross_norm = nn.LayerNorm(dim)
-        self.shared = nn.Linear(dim, dim)
+        self.shared = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+        )
+        self.shared_norm = nn.LayerNorm(dim)
         self.skip_norm = nn.ModuleList([nn.LayerNorm(dim) for _ in range(2)]) if skip else None
         self.drop = nn.Dropout(dropout)
 
@@ -116,7 +129,7 @@ class BaseLayer(nn.Module):
         )  # (2B, T, H)
         s = _per_modality(self.self_norm, x + self.drop(attended))  # (2B, T, H)
         c = self.cross_norm(s + self.drop(self.cross_attn(s, _other(s))))  # (2B, T, H)
-        joint = self.drop(torch.relu(self.shared(c)))  # (2B, T, H)
+        joint = self.shared_norm(c + self.drop(self.shared(c)))  # (2B, T, H)
         if self.skip_norm is None:
             return joint
         return _per_modality(self.skip_norm, s + joint)  # (2B, T, H)
@@ -194,8 +207,7 @@ class AVVPParser(nn.Module):
         motion_dim: Motion (3D) feature width Dm (R(2+1)D: 512); 0 drops the motion branch.
         num_classes: Number of event classes C.
         hidden_dim: Model width H.
-        ffn_dim: Feed-forward width of HAN's layer (unused by ``"base"``, whose shared linear
-            layer is H -> H).
+        ffn_dim: Feed-forward width F of HAN's layer and of Base's shared block.
         num_layers: Number of stacked encoder layers.
         num_heads: Attention heads (H must be divisible by it).
         dropout: Dropout probability (attention weights, residual branches, FFN).
@@ -248,7 +260,7 @@ class AVVPParser(nn.Module):
         self.layers = nn.ModuleList(
             HANLayer(hidden_dim, ffn_dim, num_heads, dropout, attention)
             if architecture == "han"
-            else BaseLayer(hidden_dim, num_heads, dropout, attention, skip)
+            else BaseLayer(hidden_dim, ffn_dim, num_heads, dropout, attention, skip)
             for _ in range(num_layers)
         )  # distinct weights per layer; each layer is fed the previous one's output
         self.pool = AttentiveMMILPooling(hidden_dim, num_classes)
