@@ -1,0 +1,396 @@
+"""Fast data paths: a packed feature store built once from the official layout, and device-resident batches.
+
+The official layout keeps three ``.npy`` files per video (the visual one 80 frames of 2048
+floats); reading and pooling ~36,000 small files costs minutes on the real LLP. ``avvp-data pack
+ROOT`` reads them once, through the same checked reader as the datamodules
+(:func:`~avvp_lightning.data.llp.read_llp`), and writes per split one array per kind::
+
+    <store>/index.json                  format version, options, source fingerprint, filenames
+    <store>/<split>/audio.npy           (N, T, Da) float32
+    <store>/<split>/visual.npy          (N, T, Dv) float32, the frames mean-pooled to segments
+    <store>/<split>/motion.npy          (N, T, Dm) float32
+    <store>/<split>/label.npy           (N, C) float32 weak labels
+    <store>/<split>/dense_audio.npy     (N, T, C) float32, val and test only (also dense_visual)
+
+:func:`read_store` memory-maps them copy-on-write (opening is instant, pages are shared between
+processes, nothing is ever written back) and returns the very arrays the per-file reader returns.
+The store records a fingerprint of its source (size and mtime of each CSV; count, total size and
+newest mtime of the ``.npy`` files of each feature folder). Reading a store whose source has
+changed since raises a :class:`~avvp_lightning.errors.DataError` naming what changed and the
+command that rebuilds it; a store whose source is absent (e.g. copied alone to a GPU node) is
+used with a warning. Building is atomic: a temporary folder renamed into place when complete.
+
+:class:`ResidentBatches` serves a split from tensors moved once to the training device,
+slicing batches by index: no DataLoader, no per-video collate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from avvp_lightning.data.llp import (
+    DENSE_FILES, DENSE_SPLITS, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, raise_problems, read_llp,
+)
+from avvp_lightning.data.synthetic import _atomic_folder
+from avvp_lightning.errors import DataError
+from avvp_lightning.labels import NUM_SEGMENTS
+
+if TYPE_CHECKING:  # torch loads only with ResidentBatches, so that `avvp-data` starts fast
+    import torch
+
+STORE_VERSION = 1
+INDEX_FILE = "index.json"
+DEFAULT_STORE_DIR = "packed"  # ``avvp-data pack ROOT`` writes ROOT/packed
+MODALITIES = ("audio", "visual", "motion")
+
+
+# ------------------------------------------------------------------------------ fingerprint
+def _folder(root: Path, folder: str) -> Path:
+    path = Path(folder).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]:
+    """What identifies the content of an LLP root without reading it.
+
+    Args:
+        root: Dataset root in the official layout.
+        dirs: Feature folders ``{"audio": ..., "visual": ..., "motion": ...}`` relative to ``root``.
+
+    Returns:
+        ``{"csv": {name: {"size", "mtime_ns"} or None}, "features": {folder: {"files", "bytes",
+        "newest_mtime_ns", "mtime_ns_sum", "folder_mtime_ns"} or None}}`` (None: absent); the sum
+        of the files' mtimes changes when any one of them is rewritten or touched.
+    """
+    root = Path(root)
+    csvs: dict[str, Optional[dict[str, int]]] = {}
+    for name in (*SPLIT_FILES.values(), *DENSE_FILES.values()):
+        try:
+            stat = (root / name).stat()
+            csvs[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        except FileNotFoundError:
+            csvs[name] = None
+    folders: dict[str, Optional[dict[str, int]]] = {}
+    for modality in MODALITIES:
+        path = _folder(root, dirs[modality])
+        if not path.is_dir():
+            folders[dirs[modality]] = None
+            continue
+        files = size = newest = total = 0
+        with os.scandir(path) as entries:  # one stat per file: ~5 ms per 1000 files
+            for entry in entries:
+                if entry.name.endswith(".npy"):
+                    stat = entry.stat()
+                    files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
+                    total += stat.st_mtime_ns
+        folders[dirs[modality]] = {"files": files, "bytes": size, "newest_mtime_ns": newest,
+                                   "mtime_ns_sum": total, "folder_mtime_ns": path.stat().st_mtime_ns}
+    return {"csv": csvs, "features": folders}
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Readable differences between the fingerprint a store was packed from and the current one."""
+    changes = []
+    for name, old in packed["csv"].items():
+        new = now["csv"].get(name)
+        if old == new:
+            continue
+        if old is None or new is None:
+            changes.append(f"{name}: {'appeared' if old is None else 'was removed'}")
+        elif old["size"] != new["size"]:
+            changes.append(f"{name}: {old['size']} -> {new['size']} bytes")
+        else:
+            changes.append(f"{name}: modified ({_when(old['mtime_ns'])} -> {_when(new['mtime_ns'])})")
+    for folder, old in packed["features"].items():
+        new = now["features"].get(folder)
+        if old == new:
+            continue
+        if old is None or new is None:
+            changes.append(f"{folder}/: {'appeared' if old is None else 'was removed'}")
+        elif old["files"] != new["files"]:
+            changes.append(f"{folder}/: {old['files']} -> {new['files']} .npy files")
+        elif old["bytes"] != new["bytes"]:
+            changes.append(f"{folder}/: .npy files total {old['bytes']} -> {new['bytes']} bytes")
+        elif old["newest_mtime_ns"] != new["newest_mtime_ns"] or old["mtime_ns_sum"] != new["mtime_ns_sum"]:
+            changes.append(f"{folder}/: .npy files were modified (newest {_when(new['newest_mtime_ns'])})")
+        else:
+            changes.append(f"{folder}/: files were renamed, added or removed")
+    return changes
+
+
+# ------------------------------------------------------------------------------------ build
+def _options(audio_dir: str, visual_dir: str, motion_dir: str, audio_dim: Optional[int], visual_dim: Optional[int],
+             motion_dim: Optional[int], num_segments: int) -> dict[str, Any]:
+    return {"dirs": {"audio": audio_dir, "visual": visual_dir, "motion": motion_dir},
+            "dims": {"audio": audio_dim, "visual": visual_dim, "motion": motion_dim}, "num_segments": num_segments}
+
+
+def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Sequence[str] = ("train", "val", "test"),
+               audio_dir: str = FEATURE_DIRS["audio"], visual_dir: str = FEATURE_DIRS["visual"],
+               motion_dir: str = FEATURE_DIRS["motion"], audio_dim: Optional[int] = FEATURE_DIMS["audio"],
+               visual_dim: Optional[int] = FEATURE_DIMS["visual"], motion_dim: Optional[int] = FEATURE_DIMS["motion"],
+               num_segments: int = NUM_SEGMENTS, overwrite: bool = False) -> Path:
+    """Pack the splits of an LLP root into a store (see the module docstring for the layout).
+
+    Every split is read by :func:`~avvp_lightning.data.llp.read_llp` with the visual frames pooled,
+    so the store holds exactly what the per-file path yields; the problems of all splits are
+    raised together as one DataError, and nothing is written then.
+
+    Args:
+        root: Dataset root in the official layout.
+        out: Store folder (absent or empty unless ``overwrite``); default ``ROOT/packed``.
+        splits: Splits to pack.
+        audio_dir, visual_dir, motion_dir: Feature folders, relative to ``root``.
+        audio_dim, visual_dim, motion_dim: Expected feature widths (None: any).
+        num_segments: Segments per video.
+        overwrite: Replace an existing store.
+
+    Returns:
+        The store's absolute path; it appears at once, complete (atomic rename).
+    """
+    root = Path(root).expanduser().absolute()
+    out = Path(out).expanduser().absolute() if out is not None else root / DEFAULT_STORE_DIR
+    unknown = [s for s in splits if s not in SPLIT_FILES]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLIT_FILES)}")
+    options = _options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
+    before = source_fingerprint(root, options["dirs"])
+    index: dict[str, Any] = {"format": "avvp-lightning packed LLP features", "version": STORE_VERSION,
+                             "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             "options": options, "fingerprint": before, "splits": {}}
+    problems: list[str] = []
+    with _atomic_folder(out, overwrite) as tmp:
+        for split in splits:  # one split in memory at a time
+            data = read_llp(root, [split], audio_dir=audio_dir, visual_dir=visual_dir, motion_dir=motion_dir,
+                            audio_dim=audio_dim, visual_dim=visual_dim, motion_dim=motion_dim,
+                            num_segments=num_segments, pool_visual=True, problems=problems).get(split)
+            if problems or data is None:
+                continue
+            (tmp / split).mkdir()
+            arrays = _arrays(data)
+            for name, array in arrays.items():
+                np.save(tmp / split / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
+            index["splits"][split] = {"videos": len(data.filenames), "filenames": data.filenames,
+                                      "arrays": {name: list(a.shape) for name, a in arrays.items()}}
+        raise_problems(problems, what=f"LLP dataset at {root} (nothing packed)")
+        changed = fingerprint_changes(before, source_fingerprint(root, options["dirs"]))
+        if changed:
+            raise DataError(f"{root} changed while it was being packed ({'; '.join(changed)}); pack it again")
+        (tmp / INDEX_FILE).write_text(json.dumps(index))
+    return out
+
+
+def _arrays(data: SplitData) -> dict[str, np.ndarray]:
+    arrays = {"audio": data.audio, "visual": data.visual, "motion": data.motion, "label": data.labels}
+    if data.dense_audio is not None:
+        arrays.update(dense_audio=data.dense_audio, dense_visual=data.dense_visual)
+    return arrays
+
+
+# ------------------------------------------------------------------------------------- read
+def read_index(store: str | Path) -> dict[str, Any]:
+    """The parsed ``index.json`` of a store; DataError when it is missing or of another version."""
+    path = Path(store).expanduser() / INDEX_FILE
+    if not path.is_file():
+        raise DataError(f"{path.parent}: not a packed LLP store (no {INDEX_FILE}); build it with "
+                        f"`avvp-data pack ROOT --out {path.parent}`")
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable store index ({err}); rebuild it with `avvp-data pack`") from err
+    if index.get("version") != STORE_VERSION:
+        raise DataError(f"{path}: store format version {index.get('version')}, this avvp-lightning reads "
+                        f"{STORE_VERSION}; rebuild it with `avvp-data pack {index.get('source', 'ROOT')} "
+                        f"--out {path.parent} --overwrite`")
+    return index
+
+
+def stale_reasons(index: dict[str, Any], root: str | Path) -> Optional[list[str]]:
+    """What changed in ``root`` since the store was packed ([] = up to date, None = source absent)."""
+    now = source_fingerprint(root, index["options"]["dirs"])
+    if all(v is None for v in now["csv"].values()) and all(v is None for v in now["features"].values()):
+        return None
+    return fingerprint_changes(index["fingerprint"], now)
+
+
+def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str | Path] = None,
+               audio_dir: str = FEATURE_DIRS["audio"], visual_dir: str = FEATURE_DIRS["visual"],
+               motion_dir: str = FEATURE_DIRS["motion"], audio_dim: Optional[int] = FEATURE_DIMS["audio"],
+               visual_dim: Optional[int] = FEATURE_DIMS["visual"], motion_dim: Optional[int] = FEATURE_DIMS["motion"],
+               num_segments: int = NUM_SEGMENTS, pool_visual: bool = True) -> dict[str, SplitData]:
+    """Splits of a packed store, equal to what :func:`~avvp_lightning.data.llp.read_llp` reads from its source.
+
+    Arrays are memory-mapped copy-on-write. The options must be the ones the store was packed
+    with (the visual features are pooled, so ``pool_visual=False`` needs the per-file layout).
+
+    Args:
+        store: Store folder.
+        splits: Splits to read.
+        root: Source root to check freshness against (default: the root it was packed from).
+        audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments,
+            pool_visual: As for ``read_llp``; checked against the store's.
+
+    Raises:
+        DataError: The store is missing, stale, of other options, lacks a split or is damaged.
+    """
+    store = Path(store).expanduser()
+    index = read_index(store)
+    packed, want = index["options"], _options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim,
+                                              num_segments)
+    mismatch = [f"{key}.{m}: store {packed[key][m]}, asked {want[key][m]}" for key in ("dirs", "dims")
+                for m in MODALITIES if want[key][m] is not None and packed[key][m] != want[key][m]]
+    if packed["num_segments"] != num_segments:
+        mismatch.append(f"num_segments: store {packed['num_segments']}, asked {num_segments}")
+    if not pool_visual:
+        mismatch.append("pool_visual: the store holds pooled visual features; pool_visual=False needs the "
+                        "per-file layout (leave data.store unset)")
+    if mismatch:
+        raise DataError(f"{store}: packed with other options: " + "; ".join(mismatch))
+    source = Path(root).expanduser() if root is not None else Path(index["source"])
+    reasons = stale_reasons(index, source)
+    if reasons is None:
+        warnings.warn(f"{store}: its source layout is not at {source}; using the store without checking that "
+                      "it is up to date", stacklevel=2)
+    elif reasons:
+        raise DataError(f"{store} is out of date: {source} changed since it was packed ({index['created']}):\n"
+                        + "\n".join(f"  - {r}" for r in reasons)
+                        + f"\nrebuild it: avvp-data pack {source} --out {store} --overwrite")
+    missing = [s for s in splits if s not in index["splits"]]
+    if missing:
+        raise DataError(f"{store}: no split(s) {', '.join(missing)} (packed: {', '.join(index['splits'])}); "
+                        f"pack them with `avvp-data pack {source} --out {store} --overwrite`")
+    return {split: _load_split(store, split, index["splits"][split]) for split in splits}
+
+
+def _load_split(store: Path, split: str, entry: dict[str, Any]) -> SplitData:
+    arrays = {}
+    for name, shape in entry["arrays"].items():
+        path = store / split / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="c", allow_pickle=False)  # copy-on-write: never written back
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: missing or damaged store file ({type(err).__name__}: {err}); rebuild the "
+                            "store with `avvp-data pack ... --overwrite`") from err
+        if list(array.shape) != shape or array.dtype != np.float32:
+            raise DataError(f"{path}: {array.dtype} {tuple(array.shape)}, the index says float32 {tuple(shape)}")
+        arrays[name] = array
+    return SplitData(list(entry["filenames"]), arrays["label"], arrays["audio"], arrays["visual"], arrays["motion"],
+                     arrays.get("dense_audio"), arrays.get("dense_visual"))
+
+
+# -------------------------------------------------------------------------- resident batches
+class ResidentBatches:
+    """Batches sliced by index from tensors held on one device (a sampler-free loader).
+
+    The tensors move to ``device`` once, on the first iteration; each batch is then one gather
+    per tensor. Batches are dicts like the DataLoader's: ``id`` (a list of strings) plus one
+    ``(B, ...)`` tensor per name.
+
+    Order: with ``shuffle``, epoch ``e`` uses ``randperm(N)`` of a generator seeded ``seed + e``,
+    the same on every device and every process (not the DataLoader path's order); otherwise list
+    order. The epoch advances by one per iteration; Lightning sets it through
+    ``sampler.set_epoch`` at each epoch start, so a resumed run repeats the same orders.
+
+    Processes (DDP): with ``pad`` (training) the order is padded with its first indices to a
+    multiple of ``world_size`` and rank ``r`` takes every ``world_size``-th index from ``r``, as
+    PyTorch's ``DistributedSampler``, so all ranks run the same number of steps. Without ``pad``
+    (evaluation) rank ``r`` takes the block ``r*N//W`` to ``(r+1)*N//W - 1``: every video once,
+    rank order = list order.
+
+    Args:
+        ids: Video ids (N).
+        tensors: Name -> ``(N, ...)`` tensor.
+        batch_size: Videos per batch (per process).
+        shuffle: New random order each epoch.
+        seed: Base seed of the order.
+        device: Where the tensors live and the batches are made.
+        rank: This process's rank.
+        world_size: Number of processes.
+        pad: Pad to equal shards (training) instead of disjoint blocks (evaluation).
+        drop_last: Drop the last, smaller batch.
+    """
+
+    def __init__(self, ids: Sequence[str], tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 pad: bool = False, drop_last: bool = False) -> None:
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, {world_size})")
+        for name, tensor in tensors.items():
+            if len(tensor) != len(ids):
+                raise ValueError(f"{name} has {len(tensor)} rows for {len(ids)} ids")
+        if not pad and 0 < len(ids) < world_size:
+            raise DataError(f"{len(ids)} videos for {world_size} processes; every process needs at least one "
+                            "(use fewer devices)")
+        self.ids, self.tensors = list(ids), tensors
+        self.batch_size, self.shuffle, self.seed, self.device = batch_size, shuffle, seed, torch.device(device)
+        self.rank, self.world_size, self.pad, self.drop_last = rank, world_size, pad, drop_last
+        self.epoch = 0
+        self._resident: Optional[dict[str, torch.Tensor]] = None
+
+    batch_sampler = None  # read by Lightning's loader checks, like a DataLoader's
+
+    @property
+    def sampler(self) -> "ResidentBatches":
+        """Itself: Lightning calls ``loader.sampler.set_epoch(epoch)`` at every epoch start."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` on the next iteration."""
+        self.epoch = epoch
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This process's video indices for ``epoch``, in batch order (CPU, int64)."""
+        import torch
+
+        n = len(self.ids)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch)) if self.shuffle \
+            else torch.arange(n)
+        if self.world_size == 1:
+            return order
+        if self.pad:
+            total = math.ceil(n / self.world_size) * self.world_size
+            order = order.repeat(math.ceil(total / max(n, 1)))[:total] if n else order
+            return order[self.rank::self.world_size]
+        return order[self.rank * n // self.world_size:(self.rank + 1) * n // self.world_size]
+
+    def _count(self) -> int:
+        n, w = len(self.ids), self.world_size
+        return math.ceil(n / w) if self.pad else (self.rank + 1) * n // w - self.rank * n // w
+
+    def __len__(self) -> int:
+        count = self._count()
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    def on_device(self) -> dict[str, torch.Tensor]:
+        """The tensors on ``device`` (moved on first use, then kept)."""
+        if self._resident is None:
+            self._resident = {k: v.to(self.device) for k, v in self.tensors.items()}
+        return self._resident
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        data, order = self.on_device(), self.indices(self.epoch)
+        self.epoch += 1
+        on_device = order.to(self.device, non_blocking=True)
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, len(order))
+            rows = on_device[lo:hi]  # (B,)
+            batch: dict[str, Any] = {"id": [self.ids[i] for i in order[lo:hi].tolist()]}
+            batch.update({name: tensor.index_select(0, rows) for name, tensor in data.items()})
+            yield batch

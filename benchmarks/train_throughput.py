@@ -1,0 +1,385 @@
+"""Training throughput: the reference (HAN) design against avvp-lightning's fast path, in one run.
+
+All cases train the same model (same initial weights, HAN's loss, Adam 3e-4) on the same
+synthetic LLP set at the real feature sizes, generated into a temporary folder::
+
+    A   reference design at HAN's settings: every step a torch DataLoader reads each video's
+        three .npy files (VGGish (10, 128), ResNet152 (80, 2048), R(2+1)D (10, 512)); the model
+        projects all 80 frames with fc(2048->512), then means each 8; batch 16, float32.
+    B   fast path at the same batch and precision: the packed store (frames pooled once, when
+        packing), held as tensors on the device, batches sliced by index; pooled-first model.
+    A'  the reference design at our batch and precision (64, bf16 autocast where supported).
+    C   the fast path at our batch and precision.
+    F   ``avvp-finetune fit`` itself at the paper's settings (the paper's model, batch 64) with
+        ``--data.store``, ``--data.device_resident`` and bf16-mixed; F-HAN the same with HAN's model.
+    C+fA    C with Adam's fused implementation (``--optimizer.init_args.fused true`` for the CLI).
+    C+comp  (``--compile``) C with ``torch.compile``; its compilation time is printed apart.
+    E   a full evaluation of the test videos (forward, HAN's decision rule, all ten metrics): the
+        reference's way (per-file loading, one video a step, float32, per-video Python metrics)
+        and ours (store, batch 64, vectorized metrics).
+
+Cases are timed in rounds (one epoch of each case per round), so background load hits all alike;
+the median epoch is reported. Usage::
+
+    python benchmarks/train_throughput.py                        # CPU: 2000 videos, 3 rounds
+    python benchmarks/train_throughput.py --device cuda --videos 10000 --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from avvp_lightning.data.datamodules import LLPDataModule  # noqa: E402
+from avvp_lightning.data.llp import DENSE_FILES, FEATURE_DIRS, SPLIT_FILES, read_dense_truth  # noqa: E402
+from avvp_lightning.data.store import ResidentBatches, pack_store, read_store  # noqa: E402
+from avvp_lightning.data.synthetic import generate_llp  # noqa: E402
+from avvp_lightning.finetune.cli import FinetuneCLI  # noqa: E402
+from avvp_lightning.finetune.module import ParserModule  # noqa: E402
+from avvp_lightning.labels import CLASS_INDEX, NUM_CLASSES  # noqa: E402
+from avvp_lightning.losses.parser import parser_loss  # noqa: E402
+from avvp_lightning.metrics import AVVPMetrics, decide  # noqa: E402
+from avvp_lightning.models.parser import AVVPParser  # noqa: E402
+from pytorch_lightning import Callback  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from metrics import loop_scores  # noqa: E402  (benchmarks/metrics.py: the per-video Python evaluation)
+
+
+# ------------------------------------------------------------------------ reference design
+class PerFileLLP(Dataset):
+    """HAN's dataset: the split CSV in memory; each item loads the video's three .npy files."""
+
+    def __init__(self, root: Path, split: str, dense: bool = False) -> None:
+        table = pd.read_csv(root / SPLIT_FILES[split], sep="\t", dtype=str, keep_default_na=False)
+        self.root, self.rows = root, list(zip(table["filename"], table["event_labels"]))
+        self.dense = None
+        if dense:  # the dense truth, read once as HAN's evaluation does
+            names = [name for name, _ in self.rows]
+            self.dense = [torch.from_numpy(read_dense_truth(root / DENSE_FILES[m], names)) for m in ("audio", "visual")]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name, labels = self.rows[i]
+        vid = name[:11]
+        item = {key: torch.from_numpy(np.load(self.root / FEATURE_DIRS[key] / f"{vid}.npy"))
+                for key in ("audio", "visual", "motion")}  # (10, 128), (80, 2048), (10, 512)
+        label = torch.zeros(NUM_CLASSES)
+        label[[CLASS_INDEX[c] for c in labels.split(",")]] = 1.0  # HAN's ids_to_multinomial
+        item["label"] = label
+        if self.dense is not None:
+            item["dense_audio"], item["dense_visual"] = self.dense[0][i], self.dense[1][i]
+        return item
+
+
+class FrameProjectionParser(AVVPParser):
+    """HAN's order of operations: fc(2048->512) on each of the 80 frames, then the mean of each 8.
+
+    The same function as the pooled-first parser (a linear map commutes with the mean; checked
+    below), at 8 times the cost of the visual projection.
+    """
+
+    def embed(self, audio: torch.Tensor, visual: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        batch, length = audio.shape[:2]
+        v = self.fc_visual(visual)  # (B, 80, H)
+        v = v.view(batch, length, -1, v.shape[-1]).mean(dim=2)  # (B, T, H)
+        v = self.fc_fusion(torch.cat([v, self.fc_motion(motion)], dim=-1))  # (B, T, H)
+        return torch.cat([self.fc_audio(audio), v], dim=0)  # (2B, T, H)
+
+
+# ---------------------------------------------------------------------------- one training case
+class Case:
+    """One configuration: a model, its optimizer and a way to make an epoch's batches."""
+
+    def __init__(self, key: str, label: str, path: str, frames: bool, batch: int, bf16: bool,
+                 batches: Callable[[], Iterable[dict[str, Any]]], device: torch.device, compile: bool = False,
+                 fused: bool = False) -> None:
+        self.key, self.label, self.path, self.frames, self.batch, self.bf16 = key, label, path, frames, batch, bf16
+        self.batches, self.device = batches, device
+        torch.manual_seed(0)  # the same initial weights in every case
+        self.model = (FrameProjectionParser if frames else AVVPParser)(architecture="han").to(device)
+        if compile:
+            self.model.compile()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4, **({"fused": True} if fused else {}))
+        self.rates: list[float] = []
+        self.epoch_s: list[float] = []
+
+    def step(self, batch: dict[str, Any]) -> int:
+        audio, visual, motion, label = (batch[k].to(self.device, non_blocking=True)
+                                        for k in ("audio", "visual", "motion", "label"))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(audio, visual, motion)
+        out = {k: v.float() for k, v in out.items() if v is not None}
+        loss = parser_loss(out, label, lambda_g=1.0, lambda_ad=0.0)["total"]  # HAN's loss, in float32
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return len(label)
+
+    def warm_up(self, steps: int = 3) -> float:
+        """A few untimed steps (compilation, allocator, caches); returns their duration."""
+        start = time.perf_counter()
+        for i, batch in enumerate(self.batches()):
+            if i == steps:
+                break
+            self.step(batch)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def epoch(self) -> None:
+        self.model.train()
+        _sync(self.device)
+        start, videos = time.perf_counter(), 0
+        for batch in self.batches():
+            videos += self.step(batch)
+        _sync(self.device)
+        seconds = time.perf_counter() - start
+        self.rates.append(videos / seconds)
+        self.epoch_s.append(seconds)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------- avvp-finetune fit
+class EpochTimer(Callback):
+    """Videos per second of each training epoch (data and steps; validation excluded)."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.epoch_s: list[float] = []
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        _sync(pl_module.device)
+        self.start, self.videos = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.videos += len(batch["id"])
+        if batch_idx + 1 == trainer.num_training_batches:
+            _sync(pl_module.device)
+            seconds = time.perf_counter() - self.start
+            self.rates.append(self.videos / seconds)
+            self.epoch_s.append(seconds)
+
+
+def run_fit(root: Path, out: Path, device: torch.device, epochs: int, bf16: bool, han: bool) -> EpochTimer:
+    """``avvp-finetune fit`` (the real CLI, defaults.yaml first) plus the timer; epoch 1 is warm-up."""
+    timer = EpochTimer()
+
+    class TimedCLI(FinetuneCLI):
+        def stage_callbacks(self, run_dir: Path) -> list[Callback]:
+            return [*super().stage_callbacks(run_dir), timer]
+
+    args = ["fit", *(["--config", "han.yaml", "--data.batch_size", "64"] if han else []),
+            "--data.root", str(root), "--data.store", str(root / "packed"), "--data.device_resident=true",
+            "--trainer.precision", "bf16-mixed" if bf16 else "32-true", "--trainer.max_epochs", str(epochs + 1),
+            "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu", "--trainer.devices", "1",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--run.output_dir", str(out), "--run.name", "han" if han else "paper"]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own flags
+    try:
+        TimedCLI(ParserModule, LLPDataModule, args=args)
+    finally:
+        sys.argv = argv
+    timer.rates, timer.epoch_s = timer.rates[1:], timer.epoch_s[1:]
+    return timer
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def evaluate_reference(root: Path, device: torch.device, model: AVVPParser) -> tuple[float, float]:
+    """HAN's evaluation: one video a step from the files, float32, metrics per video in Python."""
+    start = time.perf_counter()
+    loader = DataLoader(PerFileLLP(root, "test", dense=True), batch_size=1, shuffle=False)
+    preds: list[list[torch.Tensor]] = [[], [], [], []]
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            out = model(*(batch[k].to(device) for k in ("audio", "visual", "motion")))
+            seg = out["segment_prob"]  # (1, T, 2, C)
+            pa, pv = decide(seg[:, :, 0], seg[:, :, 1], out["video_prob"])
+            for store, x in zip(preds, (pa, pv, batch["dense_audio"], batch["dense_visual"])):
+                store.append(x.cpu())
+    scores = loop_scores(*(torch.cat(x) for x in preds))
+    return time.perf_counter() - start, scores["segment/type"]
+
+
+def evaluate_ours(batches: Iterable[dict[str, Any]], device: torch.device, model: AVVPParser,
+                  bf16: bool) -> tuple[float, float]:
+    """Ours: store-fed device-resident batches of 64, bf16 forward, vectorized metrics."""
+    _sync(device)
+    start = time.perf_counter()
+    metrics = AVVPMetrics().to(device)
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(batch["audio"], batch["visual"], batch["motion"])
+            seg = out["segment_prob"].float()  # (B, T, 2, C)
+            pa, pv = decide(seg[:, :, 0], seg[:, :, 1], out["video_prob"].float())
+            metrics.update(pa, pv, batch["dense_audio"], batch["dense_visual"])
+    score = float(metrics.compute()["segment/type"])
+    _sync(device)
+    return time.perf_counter() - start, score
+
+
+# ------------------------------------------------------------------------------------------ main
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off: a GPU with bf16, or a CPU with native bf16 (AVX512-BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--videos", type=int, default=2000, help="training videos (synthetic, real feature sizes)")
+    parser.add_argument("--val-videos", type=int, default=100, help="validation videos (for the fit cases)")
+    parser.add_argument("--test-videos", type=int, default=1200, help="videos of the full evaluation (LLP test: 1200)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (rounds) per case; the median is shown")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--ref-workers", type=int, default=None,
+                        help="DataLoader workers of the reference design (default: 0 on CPU, HAN's 12 on GPU)")
+    parser.add_argument("--skip-fit", action="store_true", help="skip the avvp-finetune fit cases")
+    parser.add_argument("--compile", action="store_true",
+                        help="add case C+comp (torch.compile; on a CPU compilation takes minutes)")
+    parser.add_argument("--data", default=None, help="folder for the generated data (default: a temporary one)")
+    opts = parser.parse_args(argv)
+    device = torch.device(opts.device)
+    torch.set_num_threads(opts.threads)
+    bf16 = bf16_supported(device)
+    workers = opts.ref_workers if opts.ref_workers is not None else (min(12, os.cpu_count() or 1)
+                                                                     if device.type == "cuda" else 0)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {opts.threads} torch threads"
+    print(f"device: {name}; torch {torch.__version__}; bf16 autocast: {'yes' if bf16 else 'no (fp32)'}; "
+          f"reference DataLoader workers: {workers}", flush=True)
+
+    with tempfile.TemporaryDirectory(dir=opts.data) as tmp:
+        root = Path(tmp) / "llp"
+        start = time.perf_counter()
+        generate_llp(root, num_train=opts.videos, num_val=opts.val_videos, num_test=opts.test_videos, seed=0)
+        gen_s = time.perf_counter() - start
+        start = time.perf_counter()
+        pack_store(root)
+        pack_s = time.perf_counter() - start
+        start = time.perf_counter()
+        data = read_store(root / "packed", ["train", "test"])
+        tensors = {split: {k: torch.from_numpy(getattr(data[split], a)).to(device) for k, a in
+                           (("audio", "audio"), ("visual", "visual"), ("motion", "motion"), ("label", "labels"),
+                            ("dense_audio", "dense_audio"), ("dense_visual", "dense_visual"))
+                           if getattr(data[split], a) is not None} for split in data}
+        resident = {bs: ResidentBatches(data["train"].filenames, tensors["train"], bs, shuffle=True, device=device)
+                    for bs in (16, 64)}
+        _sync(device)
+        open_s = time.perf_counter() - start
+        print(f"data: {opts.videos} train / {opts.val_videos} val / {opts.test_videos} test videos generated in "
+              f"{gen_s:.1f} s; store packed in {pack_s:.1f} s (once); opened + moved to {device.type} in "
+              f"{open_s:.2f} s", flush=True)
+
+        per_file = PerFileLLP(root, "train")
+        pin = device.type == "cuda"
+
+        def reference(bs: int) -> Callable[[], Iterable[dict[str, Any]]]:
+            return lambda: DataLoader(per_file, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=pin)
+
+        cases = [
+            Case("A", "reference design, HAN settings", "per-file .npy + DataLoader", True, 16, False,
+                 reference(16), device),
+            Case("B", "fast path, same batch/precision", "store, device-resident", False, 16, False,
+                 lambda: resident[16], device),
+            Case("A'", "reference design, our batch/precision", "per-file .npy + DataLoader", True, 64, bf16,
+                 reference(64), device),
+            Case("C", "fast path (ours)", "store, device-resident", False, 64, bf16, lambda: resident[64], device),
+        ]
+        cases.append(Case("C+fA", "fast path + fused Adam", "store, device-resident", False, 64, bf16,
+                          lambda: resident[64], device, fused=True))
+        if opts.compile:
+            cases.append(Case("C+comp", "fast path + torch.compile", "store, device-resident", False, 64, bf16,
+                              lambda: resident[64], device, compile=True))
+        # The two model forms compute the same function (up to float rounding).
+        with torch.no_grad():
+            batch = next(iter(reference(4)()))
+            args = [batch[k].to(device) for k in ("audio", "visual", "motion")]
+            ref_out = cases[0].model.eval()(*args)["video_prob"]
+            pooled = args[1].view(4, 10, 8, -1).mean(2)
+            fast_out = cases[1].model.eval()(args[0], pooled, args[2])["video_prob"]
+            torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
+        for case in cases:
+            warm = case.warm_up()
+            if case.key == "C+comp":
+                print(f"C+comp: compilation (first 3 steps) took {warm:.1f} s", flush=True)
+        for r in range(opts.epochs):
+            for case in cases:
+                case.epoch()
+            print(f"round {r + 1}/{opts.epochs}: " + ", ".join(f"{c.key} {c.rates[-1]:.0f}" for c in cases)
+                  + " videos/s", flush=True)
+
+        fits = {}
+        if not opts.skip_fit:
+            for key, han in (("F", False), ("F-HAN", True)):
+                fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, bf16, han)
+                print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s", flush=True)
+
+        model = cases[0].model  # one trained model for both evaluations (it also takes pooled input)
+        ref_eval = evaluate_reference(root, device, model)
+        test_batches = ResidentBatches(data["test"].filenames, tensors["test"], 64, device=device)
+        evaluate_ours(test_batches, device, model, bf16)  # warm-up
+        ours_eval = evaluate_ours(test_batches, device, model, bf16)
+
+    report(opts, cases, fits, bf16, ref_eval, ours_eval)
+
+
+def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTimer], bf16: bool,
+           ref_eval: tuple[float, float], ours_eval: tuple[float, float]) -> None:
+    prec = "bf16" if bf16 else "fp32"
+    rate = {c.key: statistics.median(c.rates) for c in cases}
+    rows = [(c.key, c.label, c.path, "80 frames" if c.frames else "pooled", c.batch, "bf16" if c.bf16 else "fp32",
+             rate[c.key], statistics.median(c.epoch_s), min(c.rates), max(c.rates)) for c in cases]
+    for key, timer in fits.items():
+        if timer.rates:
+            rate[key] = statistics.median(timer.rates)
+            label = "avvp-finetune fit, " + ("HAN model" if key == "F-HAN" else "paper model + settings")
+            rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
+                         rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
+    print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {opts.epochs} epoch(s) (min-max)")
+    print(f"{'':<6}{'case':<40}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
+          f"{'epoch s':>9}{'vs A':>7}   range")
+    for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
+        print(f"{key:<6}{label:<40}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
+              f"{r / rate['A']:>6.1f}x   {lo:.0f}-{hi:.0f}")
+    print("\nSpeed-ups")
+    print(f"  B / A   fast path vs reference, HAN's batch 16 fp32 (data path + pooling first): "
+          f"{rate['B'] / rate['A']:.2f}x")
+    c_vs_a2 = rate["C"] / rate["A'"]
+    print(f"  C / A'  fast path vs reference, batch 64 {prec} (data path + pooling first):     {c_vs_a2:.2f}x")
+    print(f"  C / A   ours at our settings vs the reference at HAN's:                        {rate['C'] / rate['A']:.2f}x")
+    for key in ("F", "F-HAN"):
+        if key in rate:
+            print(f"  {key} / A{' ' * (6 - len(key))}avvp-finetune fit ({'HAN model' if key == 'F-HAN' else 'paper model'}, "
+                  f"batch 64 {prec}) vs the reference at HAN's settings: {rate[key] / rate['A']:.2f}x")
+    print(f"\nFull evaluation of {opts.test_videos} test videos (forward + decisions + all ten metrics)")
+    print(f"  reference (per-file, 1 video/step, fp32, Python metrics): {ref_eval[0]:7.2f} s   "
+          f"segment Type@AV {100 * ref_eval[1]:.1f}")
+    print(f"  ours (store, device-resident, batch 64, {prec}, vectorized): {ours_eval[0]:7.2f} s   "
+          f"segment Type@AV {100 * ours_eval[1]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The fast data paths: packed store, device-resident batches, pooled-first parsing, mixed precision.
+
+Every fast path is checked against the default one it replaces: the store against the per-file
+reader, resident batches against a plain index loop, the parser on pooled input against HAN's
+frame projection (fc on each of the 80 frames, then the mean of each 8), bfloat16 metrics against
+the float32 metrics of the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avvp_lightning.data.cli import main as data_main
+from avvp_lightning.data.datamodules import LLPDataModule
+from avvp_lightning.data.llp import read_llp
+from avvp_lightning.data.store import INDEX_FILE, ResidentBatches, pack_store, read_store
+from avvp_lightning.data.synthetic import SMALL_DIMS, generate_llp
+from avvp_lightning.errors import DataError
+from avvp_lightning.finetune.module import ParserModule
+from avvp_lightning.metrics import METRIC_KEYS, avvp_scores, decide
+from avvp_lightning.models.parser import AVVPParser
+
+DIMS = dict(SMALL_DIMS)  # audio 32, visual 32, motion 16
+FIELDS = ("audio", "visual", "motion", "labels", "dense_audio", "dense_visual")
+
+
+@pytest.fixture(scope="module")
+def packed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store") / "llp"
+    generate_llp(root, num_train=40, num_val=11, num_test=13, seed=5, **DIMS)
+    pack_store(root, **DIMS)
+    return root
+
+
+@pytest.fixture()
+def root(packed_root: Path, tmp_path: Path) -> Path:
+    """A private copy (mtimes kept, so its store stays up to date) that a test may change."""
+    copy = tmp_path / "llp"
+    shutil.copytree(packed_root, copy)
+    return copy
+
+
+def _dm(root: Path, **kwargs: object) -> LLPDataModule:
+    return LLPDataModule(str(root), batch_size=8, **DIMS, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ store
+def test_store_holds_exactly_what_the_per_file_reader_reads(packed_root: Path) -> None:
+    files = read_llp(packed_root, **DIMS)
+    store = read_store(packed_root / "packed", ["train", "val", "test"], **DIMS)
+    for split, expected in files.items():
+        got = store[split]
+        assert got.filenames == expected.filenames
+        for field in FIELDS:
+            a, b = getattr(expected, field), getattr(got, field)
+            assert (a is None) == (b is None), (split, field)
+            if a is not None:
+                assert b.dtype == a.dtype == np.float32 and np.array_equal(a, b), (split, field)
+    assert store["train"].visual.shape == (40, 10, DIMS["visual_dim"])  # pooled once, at build time
+    index = json.loads((packed_root / "packed" / INDEX_FILE).read_text())
+    assert index["splits"]["test"]["videos"] == 13 and index["options"]["dims"]["visual"] == DIMS["visual_dim"]
+
+
+def test_store_fed_batches_equal_per_file_batches(packed_root: Path) -> None:
+    per_file, stored = _dm(packed_root), _dm(packed_root, store="packed")  # relative to root
+    for dm in (per_file, stored):
+        dm.setup("fit")
+        dm.setup("test")
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        torch.manual_seed(0)
+        expected = list(getattr(per_file, loader)())
+        torch.manual_seed(0)
+        got = list(getattr(stored, loader)())
+        assert len(got) == len(expected) > 1
+        for a, b in zip(expected, got):
+            assert a.keys() == b.keys() and a["id"] == b["id"]
+            for key in a.keys() - {"id"}:
+                assert torch.equal(a[key], b[key]), (loader, key)
+
+
+def test_stale_store_names_what_changed(root: Path) -> None:
+    _dm(root, store="packed").setup("fit")  # up to date: the copy kept the mtimes
+    with open(root / "AVVP_train.csv", "a") as f:
+        f.write("\n")
+    with pytest.raises(DataError, match=r"out of date(.|\n)*AVVP_train\.csv: \d+ -> \d+ bytes(.|\n)*avvp-data pack"):
+        _dm(root, store="packed").setup("fit")
+
+
+def test_stale_store_sees_touched_and_added_feature_files(root: Path) -> None:
+    path = next((root / "feats" / "res152").glob("*.npy"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(DataError, match=r"feats/res152/: \.npy files were modified"):
+        read_store(root / "packed", ["val"], root=root, **DIMS)
+    shutil.copy(path, root / "feats" / "vggish" / "zzzzzzzzzzz.npy")
+    with pytest.raises(DataError, match=r"feats/vggish/: \d+ -> \d+ \.npy files"):
+        read_store(root / "packed", ["val"], root=root, **DIMS)
+
+
+def test_store_options_must_match(root: Path) -> None:
+    with pytest.raises(DataError, match="pool_visual=False needs the per-file layout"):
+        _dm(root, store="packed", pool_visual=False).setup("fit")
+    with pytest.raises(DataError, match="dims.audio: store 32, asked 16"):
+        read_store(root / "packed", ["train"], **{**DIMS, "audio_dim": 16})
+    with pytest.raises(DataError, match="not a packed LLP store"):
+        _dm(root, store=str(root / "nowhere")).setup("fit")
+
+
+def test_store_without_its_source_is_used_with_a_warning(root: Path, tmp_path: Path) -> None:
+    alone = pack_store(root, tmp_path / "alone", **DIMS)  # e.g. copied alone to a GPU node
+    shutil.rmtree(root)
+    dm = LLPDataModule(root=None, store=str(alone), batch_size=8, **DIMS)
+    with pytest.warns(UserWarning, match="without checking"):
+        dm.setup("test")
+    assert len(dm.datasets["test"]) == 13
+
+
+def test_failed_pack_writes_nothing(root: Path, tmp_path: Path) -> None:
+    np.save(next((root / "feats" / "r2plus1d_18").glob("*.npy")), np.zeros((3, 16), np.float32))
+    with pytest.raises(DataError, match=r"wrong shape \(3, 16\)"):
+        pack_store(root, tmp_path / "out", **DIMS)
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["llp"]
+
+
+def test_pack_command(root: Path, capsys: pytest.CaptureFixture) -> None:
+    dims = ["--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]
+    assert data_main(["pack", str(root), *dims]) == 0
+    assert "up to date" in capsys.readouterr().out
+    with open(root / "AVVP_eval_audio.csv", "a") as f:
+        f.write("\n")
+    assert data_main(["pack", str(root), *dims]) == 1
+    assert "AVVP_eval_audio.csv" in capsys.readouterr().err
+    assert data_main(["pack", str(root), *dims, "--overwrite"]) == 0
+    assert "packed train 40, val 11, test 13 videos" in capsys.readouterr().out
+    read_store(root / "packed", ["val"], root=root, **DIMS)  # up to date again
+
+
+# ----------------------------------------------------------------------- resident batches
+def _resident_data(n: int = 23) -> tuple[list[str], dict[str, torch.Tensor]]:
+    return [f"v{i:02d}" for i in range(n)], {"x": torch.arange(n).float()[:, None].repeat(1, 3)}
+
+
+def test_resident_batches_shuffle_with_the_seed_and_epoch() -> None:
+    ids, tensors = _resident_data()
+    loader = ResidentBatches(ids, tensors, 5, shuffle=True, seed=7)
+    assert len(loader) == 5
+    first, second = list(loader), list(loader)  # the epoch advances per iteration
+    order = [i for b in first for i in b["id"]]
+    assert sorted(order) == ids and order != ids and order != [i for b in second for i in b["id"]]
+    for batch in first:  # every row belongs to its id
+        assert batch["x"][:, 0].long().tolist() == [ids.index(i) for i in batch["id"]]
+    again = ResidentBatches(ids, tensors, 5, shuffle=True, seed=7)
+    again.sampler.set_epoch(0)  # what Lightning calls at each epoch start
+    assert [i for b in again for i in b["id"]] == order
+    plain = list(ResidentBatches(ids, tensors, 5))
+    assert [i for b in plain for i in b["id"]] == ids and [len(b["id"]) for b in plain] == [5, 5, 5, 5, 3]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_resident_batches_shard_across_processes(world: int) -> None:
+    ids, tensors = _resident_data()
+    evals = [[i for b in ResidentBatches(ids, tensors, 4, rank=r, world_size=world) for i in b["id"]]
+             for r in range(world)]
+    assert sum(evals, []) == ids  # evaluation: each video once, rank order = list order
+    trains = [ResidentBatches(ids, tensors, 4, shuffle=True, pad=True, rank=r, world_size=world) for r in range(world)]
+    seen = [[i for b in loader for i in b["id"]] for loader in trains]
+    assert len({len(s) for s in seen}) == 1 and len({len(t) for t in trains}) == 1  # same steps everywhere
+    assert set(sum(seen, [])) == set(ids) and len(sum(seen, [])) - len(ids) < world  # padding < W videos
+    with pytest.raises(DataError, match="3 videos for 4 processes"):
+        ResidentBatches(ids[:3], {"x": tensors["x"][:3]}, 4, rank=0, world_size=4)
+
+
+# ------------------------------------------------------------------- pooled-first parsing
+class FrameProjectionParser(AVVPParser):
+    """HAN's order: ``fc_visual`` on each of the k*T frames, then the mean of each k (reference)."""
+
+    def embed(self, audio: torch.Tensor, visual: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        batch, length = audio.shape[:2]
+        v = self.fc_visual(visual)  # (B, kT, H)
+        v = v.view(batch, length, -1, v.shape[-1]).mean(dim=2)  # (B, T, H)
+        v = self.fc_fusion(torch.cat([v, self.fc_motion(motion)], dim=-1))  # (B, T, H)
+        return torch.cat([self.fc_audio(audio), v], dim=0)  # (2B, T, H)
+
+
+@pytest.mark.parametrize("variant", [dict(architecture="han"),
+                                     dict(architecture="base", attention="gcaa", skip=True, adversarial=True)])
+def test_pooled_first_equals_frame_projection(variant: dict) -> None:
+    torch.manual_seed(0)
+    dims = dict(audio_dim=12, visual_dim=48, motion_dim=8, hidden_dim=32, ffn_dim=32)
+    parser = AVVPParser(**dims, **variant).eval()
+    reference = FrameProjectionParser(**dims, **variant).eval()
+    reference.load_state_dict(parser.state_dict())
+    audio, frames, motion = torch.randn(3, 10, 12), torch.rand(3, 80, 48), torch.randn(3, 10, 8)
+    pooled = frames.view(3, 10, 8, 48).mean(dim=2)  # (B, T, Dv): what the store holds
+    with torch.no_grad():
+        outs = [parser(audio, pooled, motion), parser(audio, frames, motion), reference(audio, frames, motion)]
+    for key in ("video_prob", "audio_prob", "visual_prob", "segment_prob", "features"):
+        for other in outs[1:]:
+            torch.testing.assert_close(other[key], outs[0][key], rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------------- mixed precision
+def test_bf16_autocast_metrics_equal_float32_metrics_of_the_same_decisions(packed_root: Path) -> None:
+    torch.manual_seed(0)
+    module = ParserModule(**{k: v for k, v in DIMS.items()}, hidden_dim=32, ffn_dim=32).eval()
+    dm = _dm(packed_root, store="packed")
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, pred_a, pred_v = module._decide(batch)
+        module.validation_step(batch, 0)
+    assert pred_a.dtype == torch.float32
+    expected = avvp_scores(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+    got = module.val_metrics.compute()
+    for key in METRIC_KEYS:
+        assert float(got[key]) == pytest.approx(float(expected[key]), abs=1e-12), key
+    # the decisions are HAN's rule on the (bfloat16-computed) probabilities
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module.parser(batch["audio"], batch["visual"], batch["motion"])
+    seg = out["segment_prob"].float()
+    assert torch.equal(decide(seg[:, :, 0], seg[:, :, 1], out["video_prob"].float())[0], pred_a)
+
+
+def test_cli_fit_from_store_device_resident_bf16(root: Path, tmp_path: Path) -> None:
+    from avvp_lightning.finetune.cli import main
+
+    args = ["--data.root", str(root), "--data.store", "packed", "--data.device_resident=true",
+            "--trainer.precision", "bf16-mixed", "--run.output_dir", str(tmp_path / "out"), "--data.batch_size", "8",
+            "--model.hidden_dim", "16", "--model.ffn_dim", "16", "--trainer.enable_progress_bar=false",
+            *[f"--data.{k}={v}" for k, v in DIMS.items()]]
+    main(["fit", *args, "--trainer.max_epochs=1"])
+    main(["test", *args, "--ckpt_path", "last"])
+    result = json.loads((tmp_path / "out" / "base_adv_skip_gcaa" / "seed0" / "test" / "metrics.json").read_text())
+    assert result["num_videos"] == 13 and 0.0 <= result["segment/type"] <= 1.0
