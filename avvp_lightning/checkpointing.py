@@ -1,0 +1,220 @@
+"""Checkpoints that survive crashes, resume exactly and fail early when they do not fit.
+
+* :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file beside the target and
+  renames it into place, so a process killed while saving leaves the previous file intact.
+* :class:`RngStateCallback` stores the global RNG states (torch, CUDA, numpy, random) in every
+  checkpoint and puts them back when ``fit`` resumes, so dropout after a resume draws what an
+  uninterrupted run would have drawn (Lightning restores weights, optimizer, schedulers and
+  loops, not the RNGs).
+* :func:`check_checkpoint` compares a checkpoint's weights with a model before a run starts and
+  raises one :class:`~avvp_lightning.errors.DataError` that names the file and the mismatch
+  (a checkpoint of the other stage, or one trained with another architecture or size).
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
+never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from avvp_lightning.errors import DataError
+
+# First component of the weight names -> what wrote the checkpoint.
+KNOWN_MODELS = {
+    "parser": "a finetune checkpoint (avvp-finetune, ParserModule)",
+    "encoder": "a pretrain checkpoint (avvp-pretrain, PretrainModule)",
+}
+SHOWN = 3  # examples of each kind of mismatch spelled out in a message
+
+
+# ---------------------------------------------------------------------------------- atomic saves
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose saves are atomic on local paths.
+
+    The checkpoint goes to ``.<name>.tmp-<pid>`` in the target's folder, is flushed to disk, then
+    replaces the target with ``os.replace`` (atomic on POSIX and Windows within one file system).
+    Remote (``scheme://``) paths are saved by Lightning as before.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-save
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a rename (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+# ------------------------------------------------------------------------------------ RNG states
+def collect_rng_states() -> dict[str, Any]:
+    """The global RNG states, as tensors and plain values (loadable with ``weights_only=True``)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore states from :func:`collect_rng_states` (CUDA only when the device count matches)."""
+    torch.set_rng_state(states["torch"])
+    numpy_state = states["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    python_state = states["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class RngStateCallback(pl.Callback):
+    """Saves the global RNG states with every checkpoint and restores them when ``fit`` resumes.
+
+    The states are those at the moment of saving (the end of an epoch for the stage checkpoints);
+    they are put back at ``on_train_start`` of the resumed run, after Lightning's own start-up
+    (sanity check, loader set-up), so the next training step draws exactly what the uninterrupted
+    run drew. Exact for checkpoints saved at epoch ends; a mid-epoch checkpoint resumes with the
+    right RNG but Lightning does not replay the rest of that epoch's order. Under DDP every rank
+    restores rank zero's states, which ``seed_everything`` makes equal to its own.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Optional[dict[str, Any]] = None
+
+    @property
+    def state_key(self) -> str:
+        return "RngStates"
+
+    def state_dict(self) -> dict[str, Any]:
+        return collect_rng_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict or None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+
+# ------------------------------------------------------------------------------ compatibility
+def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
+    """A Lightning checkpoint read on the CPU; DataError if unusable.
+
+    ``weights_only=True`` (the default) admits tensors and plain containers only; pass False
+    only for a file you trust as you would trust code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # truncated, not a torch file, or objects other than tensors/containers
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(f"{path}: not a readable checkpoint: truncated or corrupt, or not written by "
+                        f"avvp-lightning ({type(err).__name__}: {reason[:300]})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise DataError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    return checkpoint
+
+
+def checkpoint_kind(state_dict: dict[str, Any]) -> str:
+    """What wrote a checkpoint, from the first component of its weight names."""
+    prefixes = sorted({name.split(".", 1)[0] for name in state_dict})
+    known = [KNOWN_MODELS[p] for p in prefixes if p in KNOWN_MODELS]
+    return known[0] if len(known) == 1 else f"a checkpoint with weights under {', '.join(p + '.*' for p in prefixes)}"
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else ()
+
+
+def check_checkpoint(path: str | Path, model: torch.nn.Module, checkpoint: Optional[dict[str, Any]] = None,
+                     weights_only: bool = True) -> dict[str, Any]:
+    """Check that the checkpoint at ``path`` holds weights of exactly ``model``'s shapes.
+
+    Args:
+        path: The checkpoint file (named in the error).
+        model: The configured model (a LightningModule with ``hparams``, or any module).
+        checkpoint: The already loaded checkpoint (read from ``path`` when None).
+        weights_only: Read ``path`` with ``torch.load(weights_only=...)``.
+
+    Returns:
+        The checkpoint.
+
+    Raises:
+        DataError: Unreadable file, or weights missing, unexpected or of other shapes; the message
+            says which stage wrote the checkpoint when it is the other one, and which
+            hyperparameters differ from the configured ones.
+    """
+    checkpoint = load_checkpoint(path, weights_only) if checkpoint is None else checkpoint
+    theirs, ours = checkpoint["state_dict"], model.state_dict()
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    reshaped = [k for k in ours if k in theirs and _shape(ours[k]) != _shape(theirs[k])]
+    if not (missing or unexpected or reshaped):
+        return checkpoint
+    name = type(model).__name__
+    ours_kind, theirs_kind = checkpoint_kind(ours), checkpoint_kind(theirs)
+    if ours_kind != theirs_kind and {k.split(".", 1)[0] for k in ours}.isdisjoint(k.split(".", 1)[0] for k in theirs):
+        raise DataError(f"{path}: this is {theirs_kind}, but {name} needs {ours_kind}; give a checkpoint "
+                        "written by the same stage")
+    trained = checkpoint.get("hyper_parameters") or {}
+    configured = dict(getattr(model, "hparams", {}) or {})
+    differ = [k for k in configured if not k.startswith("_") and k in trained and trained[k] != configured[k]]
+    message = f"{path}: does not fit the configured {name}: "
+    if differ:
+        message += ("it was trained with " + ", ".join(f"{k}={trained[k]!r}" for k in differ) + " but this run has "
+                    + ", ".join(f"{k}={configured[k]!r}" for k in differ) + ". ")
+    parts = []
+    if reshaped:
+        shown = "; ".join(f"{k} {_shape(theirs[k])} in the checkpoint, {_shape(ours[k])} configured"
+                          for k in reshaped[:SHOWN])
+        parts.append(f"{len(reshaped)} of another shape ({shown}{'; ...' if len(reshaped) > SHOWN else ''})")
+    for what, keys in (("missing from the checkpoint", missing), ("not in the configured model", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:SHOWN])}{', ...' if len(keys) > SHOWN else ''})")
+    raise DataError(message + "Weights: " + "; ".join(parts) + ". Use the config (--config, --model.*, "
+                    "--data.*_dim) the checkpoint was trained with.")

@@ -1,0 +1,170 @@
+"""What a run was made of: seed, resolved config, package versions and a fingerprint of its data.
+
+The stage CLIs write :func:`run_record` to ``<run folder>/run.json`` (one entry per subcommand)
+at the start of ``fit``/``validate``/``test``/``predict``; ``test`` adds it to ``metrics.json``
+and prints :func:`format_record`. Two runs with equal records (apart from the time) and the same
+hardware compute the same numbers.
+
+The data fingerprint hashes the CSV files at the top of the dataset root (the split and dense
+truth files of LLP) with SHA-256, and summarises each feature folder by its file names (hashed)
+and the shapes and dtypes read from the ``.npy`` headers. Feature values are not hashed (the
+ResNet152 folder of LLP is about 8 GB); ``avvp-data check`` validates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+# distribution name -> key in the record
+PACKAGES = {
+    "avvp-lightning": "avvp_lightning", "torch": "torch", "pytorch-lightning": "pytorch_lightning",
+    "torchmetrics": "torchmetrics", "numpy": "numpy", "pandas": "pandas", "jsonargparse": "jsonargparse",
+}
+RUN_FILE = "run.json"
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    """Versions of Python and of the packages that decide a run's numbers (None: not installed)."""
+    versions: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for dist, key in PACKAGES.items():
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    return versions
+
+
+def platform_info() -> dict[str, Any]:
+    """Hardware and math settings that can change floating-point results."""
+    return {
+        "platform": platform.platform(), "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _npy_header(path: Path) -> str:
+    """``"(10, 128) float32"`` from a .npy header, or ``"unreadable"``."""
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+            else:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                shape, dtype = array.shape, array.dtype
+    except Exception:  # not a .npy file, truncated header: summarised, reported by the data checks
+        return "unreadable"
+    return f"{tuple(shape)} {np.dtype(dtype)}"
+
+
+def feature_summary(folder: str | Path) -> dict[str, Any]:
+    """Number of ``.npy`` files, SHA-256 of their sorted names, and a count per shape and dtype."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {"missing": True}
+    names = sorted(p.name for p in folder.glob("*.npy"))
+    shapes = Counter(_npy_header(folder / name) for name in names)
+    return {
+        "files": len(names),
+        "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+        "shapes": dict(sorted(shapes.items())),
+    }
+
+
+def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str]) -> dict[str, Any]:
+    """SHA-256 of each CSV at the top of ``root`` and a summary of each feature folder.
+
+    Args:
+        root: The dataset root.
+        feature_dirs: ``{name: folder}``, folders relative to ``root`` or absolute.
+
+    Returns:
+        ``{"root", "csv": {file: sha256}, "features": {name: {"dir", "files", "names_sha256",
+        "shapes"}}, "sha256"}``; the last hashes all the rest except the root's location.
+    """
+    root = Path(root).expanduser()
+    csvs = {p.name: file_sha256(p) for p in sorted(root.glob("*.csv"))} if root.is_dir() else {}
+    features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
+    content = {"csv": csvs, "features": features}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {"root": str(root.resolve()), **content, "sha256": digest}
+
+
+def run_record(subcommand: str, seed: Optional[int], config: Mapping[str, Any],
+               data: Optional[Mapping[str, Any]], ckpt_path: Optional[str] = None) -> dict[str, Any]:
+    """Everything needed to repeat a run: seed, config, versions, platform, data fingerprint."""
+    return {
+        "subcommand": subcommand,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "ckpt_path": ckpt_path,
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "versions": package_versions(),
+        "platform": platform_info(),
+        "data": dict(data) if data is not None else None,
+        "config": dict(config),
+    }
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run_record(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    """Store ``record`` in ``<run_dir>/run.json`` under its subcommand (other entries kept)."""
+    path = Path(run_dir) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        entries = json.loads(path.read_text())
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[record["subcommand"]] = dict(record)
+    _write_json_atomic(path, entries)
+    return path
+
+
+def add_to_json(path: str | Path, key: str, value: Any) -> None:
+    """Set ``key`` in the JSON object stored at ``path`` (rewritten atomically)."""
+    path = Path(path)
+    content = json.loads(path.read_text())
+    content[key] = value
+    _write_json_atomic(path, content)
+
+
+def format_record(record: Mapping[str, Any]) -> str:
+    """A few lines for the console: seed, versions, data fingerprint."""
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v is not None)
+    lines = [f"seed {record['seed']}; {versions}"]
+    data = record.get("data")
+    if data:
+        lines.append(f"data {data['root']}: sha256 {data['sha256'][:16]}... ({len(data['csv'])} CSV files, "
+                     + ", ".join(f"{k} {v.get('files', 0)} files" for k, v in data["features"].items()) + ")")
+    return "\n".join(lines)

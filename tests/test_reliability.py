@@ -1,0 +1,479 @@
+"""Reliability of the stage CLIs: clear early errors, exact resume, atomic saves, reproducible runs.
+
+Everything runs through the real ``avvp-finetune`` / ``avvp-pretrain`` entry points on a tiny
+synthetic LLP set: each bad input gets one DataError naming the file and the problem before any
+training starts; a fit killed with SIGKILL mid-epoch and resumed from ``last.ckpt`` ends with the
+uninterrupted run's weights and test metrics; a crash while saving keeps the previous checkpoint;
+two runs with one seed agree and record what they were made of in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from avvp_lightning.checkpointing import AtomicCheckpointIO, collect_rng_states, load_checkpoint, set_rng_states
+from avvp_lightning.data.datamodules import LLPDataModule
+from avvp_lightning.data.llp import video_id
+from avvp_lightning.data.sampling import EpochShuffleSampler
+from avvp_lightning.data.synthetic import generate_llp
+from avvp_lightning.errors import DataError
+from avvp_lightning.finetune.cli import main
+from avvp_lightning.metrics import METRIC_KEYS
+from avvp_lightning.pretrain.cli import main as pretrain_main
+
+DIMS = {"audio_dim": 16, "visual_dim": 32, "motion_dim": 8}
+RUN = Path("base_adv_skip_gcaa") / "seed0"  # the default config's run folder
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("llp") / "tiny"
+    generate_llp(root, num_train=24, num_val=8, num_test=8, seed=5, **DIMS)
+    return root
+
+
+def small_args(root: Path, out: Path, hidden: int = 32) -> list[str]:
+    args = ["--data.root", str(root), "--run.output_dir", str(out), "--data.batch_size", "8",
+            "--model.hidden_dim", str(hidden), "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+    for key, value in DIMS.items():
+        args += [f"--data.{key}", str(value)]
+    return args
+
+
+def pretrain_args(root: Path, out: Path) -> list[str]:
+    return ["--data.root", str(root), "--run.output_dir", str(out), "--data.audio_dim", "16",
+            "--data.visual_dim", "32", "--data.batch_size", "16", "--model.hidden_dim", "16", "--model.ffn_dim", "16",
+            "--model.num_layers", "1", "--model.num_heads", "1", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+
+
+def console_script(name: str) -> list[str]:
+    """The installed console script, else the module run as a script (both call ``main()``)."""
+    script = Path(sys.executable).with_name(name)
+    modules = {"avvp-finetune": "avvp_lightning.finetune.cli", "avvp-pretrain": "avvp_lightning.pretrain.cli"}
+    return [str(script)] if script.is_file() else [sys.executable, "-m", modules[name]]
+
+
+def train_line(root: Path, line: int) -> tuple[str, str]:
+    """(filename, event_labels) on a 1-based line of AVVP_train.csv (header = line 1)."""
+    name, labels = (root / "AVVP_train.csv").read_text().splitlines()[line - 1].split("\t")
+    return name, labels
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- bad inputs, fit
+def _rewrite(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+
+
+def _feature(root: Path, folder: str = "feats/vggish") -> Path:
+    return root / folder / f"{video_id(train_line(root, 2)[0])}.npy"
+
+
+def _save_feature(root: Path, array: np.ndarray) -> None:
+    np.save(_feature(root), array)
+
+
+def _with_value(root: Path, value: float) -> None:
+    array = np.load(_feature(root))
+    array[3, 4] = value
+    _save_feature(root, array)
+
+
+def _two_splits(root: Path) -> None:
+    val_row = (root / "AVVP_val_pd.csv").read_text().splitlines()[1]
+    _rewrite(root / "AVVP_train.csv", lambda lines: lines + [val_row])
+
+
+# case -> (how the copy is broken, regex the message must match: the file and what is wrong)
+BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing_csv": (lambda r: (r / "AVVP_train.csv").unlink(), r"AVVP_train\.csv: file not found"),
+    "empty_csv": (lambda r: (r / "AVVP_train.csv").write_text(""),
+                  r"AVVP_train\.csv: empty file \(expected a header line: filename event_labels\)"),
+    "header_only_csv": (lambda r: (r / "AVVP_val_pd.csv").write_text("filename\tevent_labels\n"),
+                        r"AVVP_val_pd\.csv: empty file \(a header but no videos\)"),
+    "missing_column": (lambda r: _rewrite(r / "AVVP_train.csv", lambda ls: ["filename\tlabels"] + ls[1:]),
+                       r"AVVP_train\.csv: missing column\(s\) event_labels"),
+    "unknown_class": (lambda r: _rewrite(r / "AVVP_train.csv",
+                                         lambda ls: ls[:2] + [ls[2].split("\t")[0] + "\tSpeech,Dgo"] + ls[3:]),
+                      r"AVVP_train\.csv: line 3: unknown class 'Dgo'"),
+    "video_in_two_splits": (_two_splits, r"is listed in two splits: .*AVVP_train\.csv, line 26 and "
+                                         r".*AVVP_val_pd\.csv, line 2"),
+    "missing_feature_file": (lambda r: _feature(r).unlink(),
+                             r"vggish/[^ ]+\.npy: missing feature file for video '[^']+' \(.*AVVP_train\.csv, line 2\)"),
+    "wrong_feature_shape": (lambda r: _save_feature(r, np.zeros((9, 16), np.float32)),
+                            r"vggish/[^ ]+\.npy: wrong shape \(9, 16\), expected \(10\*k, 16\)"),
+    "wrong_feature_width": (lambda r: _save_feature(r, np.zeros((10, 17), np.float32)),
+                            r"vggish/[^ ]+\.npy: wrong shape \(10, 17\)"),
+    "nan_values": (lambda r: _with_value(r, np.nan), r"vggish/[^ ]+\.npy: contains NaN values"),
+    "inf_values": (lambda r: _with_value(r, np.inf), r"vggish/[^ ]+\.npy: contains inf values"),
+    "truncated_npy": (lambda r: _feature(r).write_bytes(_feature(r).read_bytes()[:200]),
+                      r"vggish/[^ ]+\.npy: not a readable \.npy file, truncated or corrupt"),
+    "not_an_npy_file": (lambda r: _feature(r).write_text("0.1,0.2,0.3\n"),
+                        r"vggish/[^ ]+\.npy: not a \.npy file \(no NUMPY header\)"),
+    "wrong_dtype": (lambda r: _save_feature(r, np.zeros((10, 16), np.int64)),
+                    r"vggish/[^ ]+\.npy: dtype int64, expected float32"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_clear_error_before_training(case: str, tiny_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "llp"
+    shutil.copytree(tiny_root, root)
+    breaks, pattern = BAD_INPUTS[case]
+    breaks(root)
+    with pytest.raises(DataError, match=pattern) as error:
+        main(["fit", *small_args(root, tmp_path / "out"), "--trainer.max_epochs=1"])
+    assert str(root) in str(error.value)  # names the file by its full path
+    run_dir = tmp_path / "out" / RUN
+    assert not (run_dir / "checkpoints").exists(), "training started before the data were checked"
+    assert not list(run_dir.glob("csv/*/metrics.csv"))
+
+
+@pytest.mark.slow
+def test_console_script_prints_one_error_line_and_exits_2(tiny_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "llp"
+    shutil.copytree(tiny_root, root)
+    _feature(root).unlink()
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run([*console_script("avvp-finetune"), "fit", *small_args(root, tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("avvp-finetune: error: ")
+    assert f"{_feature(root)}: missing feature file" in errors[0]
+
+    missing = tmp_path / "nowhere.ckpt"
+    done = subprocess.run([*console_script("avvp-pretrain"), "export", "--ckpt_path", str(missing), "--root",
+                           str(root), "--out_name", "x"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"avvp-pretrain: error: {missing}: checkpoint not found"
+
+
+def test_main_with_args_raises_for_python_callers(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="checkpoint not found"):
+        pretrain_main(["export", "--ckpt_path", str(tmp_path / "nowhere.ckpt"), "--out_name", "x"])
+
+
+@pytest.mark.parametrize("where", ["flag", "yaml"])
+def test_unknown_config_key_names_the_key(where: str, tiny_root: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    if where == "flag":
+        extra = ["--model.hiden_dim", "3"]
+    else:
+        config = tmp_path / "typo.yaml"
+        config.write_text("model:\n  hiden_dim: 3\n")
+        extra = ["--config", str(config)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *extra, *small_args(tiny_root, tmp_path)])
+    assert exit_info.value.code == 2
+    assert "hiden_dim" in capsys.readouterr().err
+    assert not (tmp_path / RUN).exists()
+
+
+def test_yaml_configs_are_loaded_safely(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "executed"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"model:\n  hidden_dim: !!python/object/apply:os.system [\"touch {marker}\"]\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *small_args(tiny_root, tmp_path)])
+    assert not marker.exists()
+    assert "python/object/apply" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ checkpoints
+@pytest.fixture(scope="module")
+def trained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of a 1-epoch finetune run (hidden 32): RUN/checkpoints/{best,last}.ckpt."""
+    out = tmp_path_factory.mktemp("trained")
+    main(["fit", *small_args(tiny_root, out), "--trainer.max_epochs=1"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.ckpt of a 1-epoch grounding pretraining run."""
+    out = tmp_path_factory.mktemp("pretrained")
+    pretrain_main(["fit", *pretrain_args(tiny_root, out), "--trainer.max_epochs=1"])
+    return next(out.glob("*/seed0/checkpoints/last.ckpt"))
+
+
+def test_checkpoint_of_another_size_names_file_and_mismatch(trained: Path, tiny_root: Path) -> None:
+    best = trained / RUN / "checkpoints" / "best.ckpt"
+    with pytest.raises(DataError) as error:
+        main(["test", *small_args(tiny_root, trained, hidden=64), "--ckpt_path", "best"])
+    message = str(error.value)
+    assert message.startswith(f"{best}: does not fit the configured ParserModule: it was trained with hidden_dim=32 "
+                              "but this run has hidden_dim=64")
+    assert "parser.fc_audio.weight (32, 16) in the checkpoint, (64, 16) configured" in message
+
+
+def test_checkpoint_of_another_architecture_names_the_hyperparameters(trained: Path, tiny_root: Path,
+                                                                      tmp_path: Path) -> None:
+    best = trained / RUN / "checkpoints" / "best.ckpt"
+    with pytest.raises(DataError) as error:  # an explicit path: the config decides, never the checkpoint
+        main(["test", "--config", "han", *small_args(tiny_root, tmp_path), "--ckpt_path", str(best)])
+    message = str(error.value)
+    assert message.startswith(f"{best}: does not fit the configured ParserModule: it was trained with "
+                              "architecture='base', attention='gcaa'")
+    assert "this run has architecture='han', attention='mha'" in message
+    assert "missing from the checkpoint" in message and "not in the configured model" in message
+
+
+def test_explicit_checkpoint_keeps_the_configured_hyperparameters(trained: Path, tiny_root: Path,
+                                                                  tmp_path: Path) -> None:
+    best = trained / RUN / "checkpoints" / "best.ckpt"
+    main(["test", *small_args(tiny_root, tmp_path), "--model.threshold", "0.3", "--ckpt_path", str(best)])
+    result = json.loads((tmp_path / RUN / "test" / "metrics.json").read_text())
+    assert result["run"]["config"]["model"]["threshold"] == 0.3
+    assert result["run"]["ckpt_path"] == str(best)
+
+
+def test_pretrain_checkpoint_given_to_finetune(pretrained: Path, tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=rf"^{pretrained}: this is a pretrain checkpoint \(avvp-pretrain, "
+                                        r"PretrainModule\), but ParserModule needs a finetune checkpoint"):
+        main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", str(pretrained)])
+
+
+def test_finetune_checkpoint_given_to_pretrain(trained: Path, tiny_root: Path, tmp_path: Path) -> None:
+    best = trained / RUN / "checkpoints" / "best.ckpt"
+    with pytest.raises(DataError, match=rf"^{best}: this is a finetune checkpoint \(avvp-finetune, ParserModule\), "
+                                        r"but PretrainModule needs a pretrain checkpoint"):
+        pretrain_main(["test", *pretrain_args(tiny_root, tmp_path), "--ckpt_path", str(best)])
+    with pytest.raises(DataError, match=rf"^{best}: this is a finetune checkpoint .* but export needs a pretrain"):
+        pretrain_main(["export", "--ckpt_path", str(best), "--root", str(tiny_root), "--out_name", "x"])
+
+
+class NotAllowed:
+    """A pickled object that ``torch.load(weights_only=True)`` refuses."""
+
+
+@pytest.mark.parametrize("content", ["truncated", "text", "pickled_object"])
+def test_unreadable_checkpoint(content: str, trained: Path, tiny_root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    if content == "truncated":
+        bad.write_bytes((trained / RUN / "checkpoints" / "best.ckpt").read_bytes()[:4000])
+    elif content == "text":
+        bad.write_text("not a checkpoint\n")
+    else:
+        torch.save({"state_dict": {}, "extra": NotAllowed()}, bad)
+    with pytest.raises(DataError, match=rf"^{bad}: not a readable checkpoint"):
+        main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", str(bad)])
+
+
+def test_checkpoints_load_with_weights_only_and_carry_rng_states(trained: Path) -> None:
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = load_checkpoint(trained / RUN / "checkpoints" / name)  # weights_only=True
+        assert set(checkpoint["callbacks"]["RngStates"]) >= {"torch", "numpy", "python"}
+
+
+def test_rng_states_round_trip() -> None:
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    states = collect_rng_states()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(2), np.random.seed(2), random.seed(2)
+    set_rng_states(states)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+# ----------------------------------------------------------------------------- atomic saves
+class PartialSave:
+    """Stands in for ``torch.save``: writes some bytes, then fails (a crash in the middle of a save)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, obj: object, f: object, *args: object, **kwargs: object) -> None:
+        self.calls += 1
+        f.write(b"PK\x03\x04 half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError("simulated crash while saving")
+
+
+def test_atomic_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, path)
+    (tmp_path / ".last.ckpt.tmp-424242").write_bytes(b"left by a process killed mid-save")
+    io.save_checkpoint({"state_dict": {"w": torch.full((3,), 2.0)}, "epoch": 1}, path)
+    assert not list(tmp_path.glob(".last.ckpt.tmp-*"))  # stale temporary files are cleared
+    monkeypatch.setattr(torch, "save", PartialSave())
+    with pytest.raises(OSError, match="simulated crash"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["state_dict"]["w"], torch.full((3,), 2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_crash_while_saving_during_fit_keeps_last_checkpoint(tiny_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    args = small_args(tiny_root, tmp_path)
+    main(["fit", *args, "--trainer.max_epochs=1"])
+    last = tmp_path / RUN / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)
+    crash = PartialSave()
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    monkeypatch.undo()
+    assert crash.calls >= 1  # the second epoch's save did start
+    after = torch.load(last, weights_only=True)
+    assert after["epoch"] == 0 and state_dicts_equal(before["state_dict"], after["state_dict"])
+    assert not list(last.parent.glob(".*.tmp-*"))
+    main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last"])  # and training goes on from it
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+# ------------------------------------------------------------------ order and reproducibility
+def test_training_order_depends_on_seed_and_epoch_only(tiny_root: Path) -> None:
+    sampler = EpochShuffleSampler(range(50), seed=7)
+    orders = [list(sampler) for _ in range(3)]  # plain loops: a new order every pass
+    assert all(sorted(order) == list(range(50)) for order in orders) and orders[0] != orders[1]
+    fresh = EpochShuffleSampler(range(50), seed=7)
+    fresh.set_epoch(2)  # as Lightning does when a run resumes at epoch 2
+    assert list(fresh) == orders[2]
+    other = EpochShuffleSampler(range(50), seed=8)
+    assert list(other) != orders[0]
+
+    torch.manual_seed(7)
+    datamodule = LLPDataModule(root=str(tiny_root), batch_size=8, **DIMS)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader.sampler, EpochShuffleSampler) and loader.sampler.seed == 7
+    torch.rand(5)  # the global RNG no longer decides the order
+    ids = datamodule.datasets["train"].ids
+    assert [name for batch in loader for name in batch["id"]] == [ids[i] for i in EpochShuffleSampler(ids, 7)]
+
+
+def _fit_and_test(root: Path, out: Path, seed: int = 0) -> tuple[dict, dict]:
+    args = [*small_args(root, out), "--seed_everything", str(seed)]
+    main(["fit", *args, "--trainer.max_epochs=2"])
+    main(["test", *args, "--ckpt_path", "last"])
+    run_dir = out / "base_adv_skip_gcaa" / f"seed{seed}"
+    metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
+    return metrics, torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers_and_run_record(tiny_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    first, first_ckpt = _fit_and_test(tiny_root, tmp_path / "a")
+    printed = capsys.readouterr().out
+    second, second_ckpt = _fit_and_test(tiny_root, tmp_path / "b")
+    assert {k: first[k] for k in METRIC_KEYS} == {k: second[k] for k in METRIC_KEYS}
+    assert first["per_class"] == second["per_class"]
+    assert state_dicts_equal(first_ckpt["state_dict"], second_ckpt["state_dict"])
+    _, other_ckpt = _fit_and_test(tiny_root, tmp_path / "c", seed=1)
+    assert not state_dicts_equal(first_ckpt["state_dict"], other_ckpt["state_dict"])
+
+    record = json.loads((tmp_path / "a" / RUN / "run.json").read_text())
+    assert set(record) == {"fit", "test"}
+    fit, test = record["fit"], record["test"]
+    assert fit["seed"] == test["seed"] == 0 and fit["ckpt_path"] is None
+    assert test["ckpt_path"] == str(tmp_path / "a" / RUN / "checkpoints" / "last.ckpt")
+    assert fit["config"]["model"]["hidden_dim"] == 32 and fit["config"]["data"]["root"] == str(tiny_root)
+    assert fit["config"]["trainer"]["max_epochs"] == 2 and fit["config"]["seed_everything"] == 0
+    versions = fit["versions"]
+    assert versions["torch"] in (torch.__version__, torch.__version__.split("+")[0])
+    assert versions["numpy"] == np.__version__ and versions["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert {"pytorch_lightning", "torchmetrics", "pandas"} <= set(versions)
+    data = fit["data"]
+    for name in ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv", "AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):
+        assert data["csv"][name] == hashlib.sha256((tiny_root / name).read_bytes()).hexdigest()
+    assert data["features"]["audio"] == {**data["features"]["audio"], "dir": "feats/vggish", "files": 40,
+                                         "shapes": {"(10, 16) float32": 40}}
+    assert data["features"]["visual"]["shapes"] == {"(80, 32) float32": 40}
+    assert data["sha256"] == test["data"]["sha256"]
+    assert first["run"]["data"]["sha256"] == second["run"]["data"]["sha256"] == data["sha256"]
+    assert first["run"]["seed"] == 0 and first["run"]["subcommand"] == "test"
+    assert "seed 0; python" in printed and f"sha256 {data['sha256'][:16]}" in printed and "run.json" in printed
+
+    changed = tmp_path / "changed"  # one dense-truth row fewer: another fingerprint
+    shutil.copytree(tiny_root, changed)
+    _rewrite(changed / "AVVP_eval_audio.csv", lambda lines: lines[:-1])
+    main(["validate", *small_args(changed, tmp_path / "a"), "--ckpt_path", "last"])
+    record = json.loads((tmp_path / "a" / RUN / "run.json").read_text())
+    assert record["validate"]["data"]["csv"]["AVVP_train.csv"] == data["csv"]["AVVP_train.csv"]
+    assert record["validate"]["data"]["sha256"] != data["sha256"]
+
+
+# ------------------------------------------------------------------- SIGKILL and resume
+PAUSE_CALLBACK = '''
+import pathlib, time
+from pytorch_lightning import Callback
+
+class PauseAt(Callback):
+    """Signals, then waits to be killed, at the start of batch `batch` of epoch `epoch`."""
+
+    def __init__(self, epoch: int = 1, batch: int = 1, marker: str = "") -> None:
+        self.epoch, self.batch, self.marker = epoch, batch, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            pathlib.Path(self.marker).write_text("paused")
+            time.sleep(300)
+'''
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
+    epochs, killed_in = 3, 1  # last.ckpt of epoch 0 exists; epoch 1 has trained one batch when killed
+    args = small_args(tiny_root, tmp_path / "ref")
+    main(["fit", *args, f"--trainer.max_epochs={epochs}"])
+    main(["test", *args, "--ckpt_path", "last"])
+    reference = tmp_path / "ref" / RUN
+
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "pause_callback.py").write_text(PAUSE_CALLBACK)
+    marker, args = tmp_path / "paused", small_args(tiny_root, tmp_path / "killed")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path / "helpers"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([*console_script("avvp-finetune"), "fit", *args, f"--trainer.max_epochs={epochs}",
+                                "--trainer.callbacks+=pause_callback.PauseAt", f"--trainer.callbacks.epoch={killed_in}",
+                                f"--trainer.callbacks.marker={marker}"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
+            assert time.monotonic() < deadline, "the run never reached the pause"
+            time.sleep(0.1)
+        last = tmp_path / "killed" / RUN / "checkpoints" / "last.ckpt"
+        assert torch.load(last, weights_only=True)["epoch"] == killed_in - 1
+        process.kill()  # SIGKILL: no handler, no final save
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -9
+
+    main(["fit", *args, f"--trainer.max_epochs={epochs}", "--ckpt_path", "last"])
+    main(["test", *args, "--ckpt_path", "last"])
+    resumed = tmp_path / "killed" / RUN
+    want, got = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (reference, resumed))
+    assert want["epoch"] == got["epoch"] == epochs - 1 and want["global_step"] == got["global_step"]
+    assert state_dicts_equal(want["state_dict"], got["state_dict"])
+    for a, b in zip(want["optimizer_states"][0]["state"].values(), got["optimizer_states"][0]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    want_metrics, got_metrics = (json.loads((d / "test" / "metrics.json").read_text()) for d in (reference, resumed))
+    assert {k: want_metrics[k] for k in METRIC_KEYS} == {k: got_metrics[k] for k in METRIC_KEYS}
+    assert want_metrics["per_class"] == got_metrics["per_class"]
