@@ -12,21 +12,33 @@ grounding) imports this module. What it adds to a plain ``LightningCLI``:
   resolved config, test outputs); ``--ckpt_path best|last`` resolve inside that folder.
 * Loggers: a CSV logger always, plus W&B, offline unless ``WANDB_MODE=online`` (or
   ``--run.wandb online``); ``WANDB_MODE=disabled`` turns it off. W&B never prompts.
+* Reliability: checkpoints are saved atomically and carry the RNG states (a run resumed with
+  ``--ckpt_path last`` repeats the uninterrupted one exactly); a checkpoint is checked against
+  the configured model before anything runs; every subcommand records its seed, resolved config,
+  package versions and data fingerprint in ``<run folder>/run.json`` (``test`` also in
+  ``metrics.json``); from the command line a :class:`DataError` is one ``error:`` line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.plugins.io import CheckpointIO
 
+from avvp_lightning import runinfo
+from avvp_lightning.checkpointing import AtomicCheckpointIO, RngStateCallback, check_checkpoint
 from avvp_lightning.errors import DataError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -70,6 +82,43 @@ def resolve_config_args(args: list[str], stage: str) -> list[str]:
         out.append(arg)
         i += 1
     return out
+
+
+def every_epoch_last(callbacks: list[Callback]) -> list[Callback]:
+    """Make ``last.ckpt`` the state after every epoch, what ``--ckpt_path last`` resumes from.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only when it also
+    saves a top-k checkpoint (the monitored score improved), so a resume could go back many
+    epochs. Each such callback keeps its top-k role with ``save_last`` off, and one unmonitored
+    ``ModelCheckpoint`` per folder writes ``last.ckpt`` at the end of every epoch.
+    """
+    out, folders = list(callbacks), []
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last is True:
+            callback.save_last = False
+            if callback.dirpath not in folders:
+                folders.append(callback.dirpath)
+    out += [ModelCheckpoint(dirpath=folder, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
+                            save_top_k=1, every_n_epochs=1, enable_version_counter=False) for folder in folders]
+    return out
+
+
+@contextmanager
+def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
+    """Report a :class:`DataError` as one ``<prog>: error: <message>`` line, exit status 2.
+
+    Only in command-line use (``args`` None, as the console scripts call ``main()``); a
+    ``main(args)`` called from Python gets the exception. Status 2 is also what the argument
+    parser exits with on a bad option.
+    """
+    if args is not None:
+        yield
+        return
+    try:
+        yield
+    except DataError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -138,6 +187,16 @@ class AVVPCLI(LightningCLI):
         parser.add_argument("--run.wandb", type=Optional[Literal["offline", "online", "disabled"]], default=None,
                             help="W&B mode; default: $WANDB_MODE, else offline (no account, no network).")
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config's model: a checkpoint's hyperparameters never override it.
+
+        LightningCLI would copy the model hyperparameters of an explicit ``--ckpt_path`` file over
+        the parsed config, silently replacing values given on the command line (a test-time
+        ``--model.threshold``, or ``--config han`` naming a run of another architecture). Here the
+        config decides for every checkpoint path alike, and :meth:`start_run` rejects a
+        checkpoint whose weights do not fit the configured model, naming the mismatch.
+        """
+
     # ----------------------------------------------------------------- run folder
     def run_dir(self) -> Path:
         cfg = self.config[self.subcommand]
@@ -167,9 +226,65 @@ class AVVPCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         if trainer_cfg.get("enable_checkpointing", True) is not False:
-            callbacks += self.stage_callbacks(root)
-        kwargs["callbacks"] = callbacks
+            callbacks += every_epoch_last(self.stage_callbacks(root))
+        kwargs["callbacks"] = callbacks + [RngStateCallback()]
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]  # a kill mid-save keeps the old file
         return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------ before/after each run
+    def before_fit(self) -> None:
+        self.start_run()
+
+    def before_validate(self) -> None:
+        self.start_run()
+
+    def before_test(self) -> None:
+        self.start_run()
+
+    def before_predict(self) -> None:
+        self.start_run()
+
+    def start_run(self) -> None:
+        """Check the checkpoint against the model, then write the run record (``run.json``)."""
+        sub = self.subcommand
+        run_cfg = self.config_init[sub]
+        ckpt_path = run_cfg.get("ckpt_path")
+        trusted = run_cfg.get("weights_only") is False  # --weights_only false: the user vouches for the file
+        if "weights_only" in run_cfg and run_cfg.get("weights_only") is None:
+            run_cfg["weights_only"] = True  # Lightning would load a remote (URL) checkpoint unrestricted
+        if ckpt_path and "://" not in str(ckpt_path):
+            check_checkpoint(ckpt_path, self.model, weights_only=not trusted)
+        config = json.loads(self._parser(sub).dump(self.config[sub], format="json", skip_none=False))
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        self.run_record = runinfo.run_record(sub, int(seed) if seed is not None else None, config,
+                                             self.data_fingerprint(), str(ckpt_path) if ckpt_path else None)
+        path = runinfo.write_run_record(self.trainer.default_root_dir, self.run_record)
+        if sub == "test":
+            print(f"{runinfo.format_record(self.run_record)}\nrun record: {path}", flush=True)
+
+    def data_fingerprint(self) -> Optional[dict[str, Any]]:
+        """Fingerprint of the datamodule's root and ``*_dir`` feature folders (None without a root)."""
+        datamodule = self.datamodule
+        try:
+            root = getattr(datamodule, "root", None)
+        except DataError:  # an unusable root is reported by the datamodule's own checks
+            return None
+        if root is None:
+            return None
+        hparams = dict(getattr(datamodule, "hparams", {}) or {})
+        folders = {k.removesuffix("_dir"): v for k, v in hparams.items() if k.endswith("_dir") and isinstance(v, str)}
+        return runinfo.data_fingerprint(root, folders)
+
+    def after_test(self) -> None:
+        """Add the run record to ``metrics.json`` when the model wrote one."""
+        hparams = getattr(self.model, "hparams", {}) or {}
+        folder = Path(hparams.get("output_dir") or Path(self.trainer.default_root_dir) / "test")
+        metrics = folder / "metrics.json"
+        if metrics.is_file() and getattr(self, "run_record", None) is not None:
+            runinfo.add_to_json(metrics, "run", self.run_record)
 
     def stage_callbacks(self, run_dir: Path) -> list[Callback]:
         """Callbacks every run of the stage gets (checkpointing); overridden per stage."""

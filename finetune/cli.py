@@ -16,7 +16,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType
 
-from avvp_lightning.cli import AVVPCLI
+from avvp_lightning.cli import AVVPCLI, command_line_errors
 from avvp_lightning.data.datamodules import LLPDataModule
 from avvp_lightning.finetune.module import ParserModule
 
@@ -41,8 +41,13 @@ class FinetuneCLI(AVVPCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Run ``avvp-finetune``; ``args`` as on the command line (default ``sys.argv[1:]``)."""
-    FinetuneCLI(ParserModule, LLPDataModule, args=args)
+    """Run ``avvp-finetune``; ``args`` as on the command line (default ``sys.argv[1:]``).
+
+    From the command line (no ``args``) a data or checkpoint problem is one ``error:`` line on
+    stderr and exit status 2; called with ``args`` the :class:`DataError` propagates.
+    """
+    with command_line_errors(args, "avvp-finetune"):
+        FinetuneCLI(ParserModule, LLPDataModule, args=args)
 
 
 if __name__ == "__main__":

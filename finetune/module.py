@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from avvp_lightning.data.llp import write_dense_csv
 from avvp_lightning.labels import CLASSES
@@ -46,6 +47,9 @@ class ParserModule(pl.LightningModule):
         threshold: Decision threshold on segment and video probabilities at evaluation.
         output_dir: Where ``test``/``predict`` write metrics and prediction CSVs;
             default ``<run folder>/test`` or ``<run folder>/predict``.
+
+    Under mixed precision (``--trainer.precision bf16-mixed``) the parser runs in bfloat16 while
+    the loss (BCE on clamped probabilities) and the metrics run in float32 outside autocast.
     """
 
     def __init__(
@@ -93,11 +97,12 @@ class ParserModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
-        out = self(batch, grl_alpha=alpha)
-        losses = parser_loss(
-            out, batch["label"], lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
-            audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
-        )
+        out = _float32(self(batch, grl_alpha=alpha))
+        with _no_autocast(self.device):  # BCE on clamped probabilities: float32 (banned under CUDA autocast)
+            losses = parser_loss(
+                out, batch["label"].float(), lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
+                audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
+            )
         bs = batch["label"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs, prog_bar=False)
         self.log("train/loss", losses["total"], batch_size=bs, prog_bar=True)
@@ -108,14 +113,15 @@ class ParserModule(pl.LightningModule):
     # ---------------------------------------------------------------- evaluation
     def _decide(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         # Never uses batch["label"]: val/test weak labels must not reach the model.
-        out = self(batch)
+        out = _float32(self(batch))
         seg = out["segment_prob"]  # (B, T, 2, C)
         pred_a, pred_v = decide(seg[:, :, 0], seg[:, :, 1], out["video_prob"], threshold=self.hparams.threshold)
         return out, pred_a, pred_v  # preds (B, T, C)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, pred_a, pred_v = self._decide(batch)
-        self.val_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+        with _no_autocast(self.device):  # the metrics' exact float matmuls must not run in bfloat16
+            self.val_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
@@ -126,7 +132,8 @@ class ParserModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out, pred_a, pred_v = self._decide(batch)
-        self.test_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+        with _no_autocast(self.device):
+            self.test_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
         self._collect(batch, out, pred_a, pred_v)
 
     def on_test_epoch_start(self) -> None:
@@ -185,22 +192,26 @@ class ParserModule(pl.LightningModule):
             self._outputs.setdefault(key, []).append(value)
 
     def _gathered(self) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """This rank's outputs, or all ranks' (each video once, rank order) under DDP."""
+        """This rank's outputs or, under DDP, all ranks' concatenated in rank order.
+
+        The datamodules' evaluation sampler (``EvalDistributedSampler``) gives each process one
+        contiguous block of the list, without padding, so rank order is list order and every
+        video appears once, as in a single process. A collective: every rank calls it once per
+        epoch (never per step); only rank zero writes the result.
+        """
         local = {k: (sum(v, []) if k == "ids" else torch.cat(v).numpy()) for k, v in self._outputs.items()}
         self._outputs = {}
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             parts: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(parts, local)
-            seen: set[str] = set()
-            merged: dict[str, list] = {}
-            for part in parts:
-                if not part:
-                    continue
-                keep = [i for i, vid in enumerate(part["ids"]) if vid not in seen]
-                seen.update(part["ids"][i] for i in keep)
-                for k, v in part.items():
-                    merged.setdefault(k, []).append([v[i] for i in keep] if k == "ids" else v[keep])
-            local = {k: (sum(v, []) if k == "ids" else np.concatenate(v)) for k, v in merged.items()}
+            parts = [part for part in parts if part]  # a rank may have had no batch
+            local = {k: (sum((part[k] for part in parts), []) if k == "ids"
+                         else np.concatenate([part[k] for part in parts])) for k in (parts[0] if parts else {})}
+            repeated = len(local.get("ids", [])) - len(set(local.get("ids", [])))
+            if repeated:
+                rank_zero_warn(f"{repeated} gathered outputs repeat a video id: the list repeats videos, or "
+                               "the loader's sampler pads (PyTorch's DistributedSampler does; the avvp "
+                               "datamodules' EvalDistributedSampler does not) and scores videos twice.")
         if not local:
             return [], np.zeros((0, 10, len(CLASSES))), np.zeros((0, 10, len(CLASSES))), {}
         probs = {k: local[k] for k in ("audio_prob", "visual_prob", "video_prob")}
@@ -219,6 +230,16 @@ class ParserModule(pl.LightningModule):
 
     def _run_name(self) -> str:
         return Path(self.trainer.default_root_dir).parent.name
+
+
+def _float32(out: dict[str, Any]) -> dict[str, Any]:
+    """Parser outputs with every floating tensor in float32 (they are bfloat16 under autocast)."""
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in out.items()}
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    """A region where mixed precision is off (the loss and the metrics)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def format_table(result: dict[str, Any]) -> str:

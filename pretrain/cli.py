@@ -19,8 +19,10 @@ from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType
 
-from avvp_lightning.cli import AVVPCLI
+from avvp_lightning.checkpointing import checkpoint_kind, load_checkpoint
+from avvp_lightning.cli import AVVPCLI, command_line_errors
 from avvp_lightning.data.datamodules import SnippetDataModule
+from avvp_lightning.errors import DataError
 from avvp_lightning.pretrain.module import PretrainModule
 
 
@@ -65,6 +67,11 @@ def export_main(args: list[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     ns = parser.parse_args(args)
+    checkpoint = load_checkpoint(ns.ckpt_path)  # DataError: missing, unreadable, or the other stage's
+    if not any(name.startswith("encoder.") for name in checkpoint["state_dict"]):
+        raise DataError(f"{ns.ckpt_path}: this is {checkpoint_kind(checkpoint['state_dict'])}, but export needs a "
+                        "pretrain checkpoint (avvp-pretrain fit)")
+    del checkpoint
     if ns.root is None:
         from avvp_lightning.data.synthetic import default_root
 
@@ -77,12 +84,17 @@ def export_main(args: list[str]) -> None:
 
 
 def main(args: ArgsType = None) -> None:
-    """Run ``avvp-pretrain``; ``args`` as on the command line (default ``sys.argv[1:]``)."""
+    """Run ``avvp-pretrain``; ``args`` as on the command line (default ``sys.argv[1:]``).
+
+    From the command line (no ``args``) a data or checkpoint problem is one ``error:`` line on
+    stderr and exit status 2; called with ``args`` the :class:`DataError` propagates.
+    """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv[:1] == ["export"]:
-        export_main([str(a) for a in argv[1:]])
-        return
-    PretrainCLI(PretrainModule, SnippetDataModule, args=args)
+    with command_line_errors(args, "avvp-pretrain"):
+        if argv[:1] == ["export"]:
+            export_main([str(a) for a in argv[1:]])
+            return
+        PretrainCLI(PretrainModule, SnippetDataModule, args=args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from avvp_lightning.grounding import grounding_labels_torch
@@ -85,9 +86,11 @@ class PretrainModule(pl.LightningModule):
             num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
             num_segments=num_segments,
         )
-        # Grounding accuracy / ROC AUC per evaluation stage (fed in _evaluate).
-        self.val_acc, self.val_auc = BinaryAccuracy(), BinaryAUROC()
-        self.test_acc, self.test_auc = BinaryAccuracy(), BinaryAUROC()
+        # Loss, grounding accuracy and ROC AUC per evaluation stage (fed in _evaluate). Metric
+        # objects with sum / concatenated states sync once, exactly, at epoch end under DDP
+        # (self.log(sync_dist=True) would round the summed batch size of a mean on gloo).
+        self.val_loss, self.val_acc, self.val_auc = MeanMetric(), BinaryAccuracy(), BinaryAUROC()
+        self.test_loss, self.test_acc, self.test_auc = MeanMetric(), BinaryAccuracy(), BinaryAUROC()
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, Da), (B, T or k*T, Dv) -> contextualized (B, T, H) audio and visual."""
@@ -127,7 +130,7 @@ class PretrainModule(pl.LightningModule):
         return loss
 
     # -------------------------------------------------------------- evaluation
-    def _evaluate(self, batch: dict[str, Any], stage: str, accuracy: BinaryAccuracy,
+    def _evaluate(self, batch: dict[str, Any], stage: str, mean_loss: MeanMetric, accuracy: BinaryAccuracy,
                   auroc: BinaryAUROC) -> None:
         positives = self.positives(batch)  # (B, T, T)
         audio_emb, visual_emb = self(batch["audio"], batch["visual"])
@@ -141,17 +144,17 @@ class PretrainModule(pl.LightningModule):
         accuracy.update((scores >= margin_mid).long(), labels.long())
         auroc.update(probs, labels.long())
         batch_size = positives.shape[0]
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch_size,
-                 prog_bar=stage == "val")
+        mean_loss.update(loss.detach(), weight=batch_size)  # the loss is a mean over the batch's videos
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, batch_size=batch_size, prog_bar=stage == "val")
         self.log(f"{stage}/grounding_acc", accuracy, on_epoch=True, batch_size=batch_size)
         self.log(f"{stage}/grounding_auc", auroc, on_epoch=True, batch_size=batch_size,
                  prog_bar=stage == "val")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc, self.val_auc)
+        self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_auc)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc, self.test_auc)
+        self._evaluate(batch, "test", self.test_loss, self.test_acc, self.test_auc)
 
     # --------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> torch.optim.Optimizer:

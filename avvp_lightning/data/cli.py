@@ -5,6 +5,7 @@ Examples::
     avvp-data generate /tmp/llp_synth --train 2000 --val 200 --test 300
     avvp-data generate-snippets /tmp/snippets --videos 1000
     avvp-data check /data/llp
+    avvp-data pack /data/llp                    # -> /data/llp/packed, read with --data.store
     avvp-data default
 """
 
@@ -20,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
+from avvp_lightning.data.store import DEFAULT_STORE_DIR, INDEX_FILE, pack_store, read_index, stale_reasons
 from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import NUM_SEGMENTS
@@ -74,6 +76,32 @@ def _shape(path: Path) -> str:
     return f"{tuple(array.shape)} {array.dtype}"
 
 
+def _pack(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.root) / DEFAULT_STORE_DIR
+    options = dict(audio_dir=args.audio_dir, visual_dir=args.visual_dir, motion_dir=args.motion_dir,
+                   audio_dim=args.audio_dim, visual_dim=args.visual_dim, motion_dim=args.motion_dim,
+                   num_segments=args.num_segments)
+    if (out / INDEX_FILE).is_file() and not args.overwrite:
+        index = read_index(out)
+        same = index["options"] == {"dirs": {m: options[f"{m}_dir"] for m in FEATURE_DIRS},
+                                    "dims": {m: options[f"{m}_dim"] for m in FEATURE_DIRS},
+                                    "num_segments": args.num_segments} and set(args.splits) <= set(index["splits"])
+        reasons = stale_reasons(index, args.root)
+        if same and reasons == []:
+            print(f"{out}: up to date with {args.root}")
+            return 0
+        why = "; ".join(reasons) if reasons else "packed with other options or splits"
+        raise DataError(f"{out}: exists and is out of date ({why}); pass --overwrite to rebuild it")
+    start = time.perf_counter()
+    path = pack_store(args.root, out, splits=args.splits, overwrite=args.overwrite, **options)
+    index = read_index(path)
+    counts = ", ".join(f"{split} {entry['videos']}" for split, entry in index["splits"].items())
+    size = sum(f.stat().st_size for f in path.rglob("*.npy")) / 2**20
+    print(f"packed {counts} videos into {path} ({size:.0f} MiB) in {time.perf_counter() - start:.1f} s; "
+          f"train with --data.store {path}")
+    return 0
+
+
 def _default(args: argparse.Namespace) -> int:
     print(default_root(args.kind))
     return 0
@@ -120,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"{modality} feature size")
     check.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
     check.set_defaults(func=_check)
+
+    pack = commands.add_parser("pack", help="pack an LLP root into one array per split and feature kind "
+                               "(visual frames pooled) for fast loading with --data.store",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pack.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
+    pack.add_argument("--out", default=None, help=f"store folder (default: ROOT/{DEFAULT_STORE_DIR})")
+    pack.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
+    pack.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
+                      help="splits to pack")
+    for modality in ("audio", "visual", "motion"):
+        pack.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
+        pack.add_argument(f"--{modality}-dim", type=int, default=FEATURE_DIMS[modality],
+                          help=f"{modality} feature size")
+    pack.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
+    pack.set_defaults(func=_pack)
 
     default = commands.add_parser("default", help="print the embedded default dataset's folder (generated if needed)",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -9,22 +9,34 @@ collate stacks them into batches and keeps the ids as a list of strings::
     snippets:      id, audio (B, T, Da), visual (B, T, Dv)
 
 ``visual`` is ``(B, k*T, Dv)`` when ``pool_visual=False``.
+
+Multi-process (DDP) runs: ``batch_size`` is per process. Lightning gives the training loader a
+``DistributedSampler``: a seeded shuffle per epoch split across the processes and padded with up to
+``W - 1`` repeated videos so that every process runs the same number of steps (DDP syncs gradients
+at each step). The validation, test and predict loaders use :class:`EvalDistributedSampler`
+instead: no padding, every video scored exactly once, so the epoch metrics equal a single
+process's.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avvp_lightning.data.llp import (
     FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, raise_problems, read_llp, read_video_list,
 )
+from avvp_lightning.data.sampling import EpochShuffleSampler, loader_generator
+from avvp_lightning.data.store import ResidentBatches, read_index, read_store
 from avvp_lightning.data.synthetic import default_root
+from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASSES, NUM_CLASSES, NUM_SEGMENTS
 
 
@@ -47,10 +59,69 @@ class VideoDataset(Dataset):
         return item
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
-    """Train loaders shuffle with torch's global RNG (seeded by ``seed_everything``); others keep order."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+class EvalDistributedSampler(DistributedSampler):
+    """Splits an evaluation set across processes without padding: each process gets one block.
+
+    With N videos and W processes, process r gets videos ``r*N//W`` to ``(r+1)*N//W - 1`` in
+    list order, so every video is evaluated exactly once, block sizes differ by at most one, and
+    the processes' outputs concatenated in rank order are in list order. (Lightning's default,
+    PyTorch's ``DistributedSampler``, pads the set with repeated videos instead, which would
+    score them twice.) Being a ``DistributedSampler``, Lightning keeps it rather than injecting
+    its own.
+
+    Args:
+        dataset: The evaluation set (sized).
+        num_replicas: Number of processes W.
+        rank: This process's rank r.
+        what: Name of the set, for the error message.
+
+    Raises:
+        DataError: When the set is not empty but smaller than W: a process without a batch
+            would skip the epoch-end metric sync and leave the others waiting forever.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, what: str = "evaluation set") -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        size = len(dataset)  # type: ignore[arg-type]
+        if 0 < size < num_replicas:
+            raise DataError(f"{what}: {size} videos for {num_replicas} processes; every process needs at "
+                            "least one (use fewer devices)")
+        self.start, self.stop = rank * size // num_replicas, (rank + 1) * size // num_replicas
+        self.num_samples, self.total_size = self.stop - self.start, size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
+            sampler: Optional[Sampler] = None) -> DataLoader:
+    """Train loaders shuffle by (run seed, epoch) alone, so a resumed run sees the same orders; others keep order."""
+    generator = None
+    if shuffle and sampler is None:
+        seed = torch.initial_seed()  # the run's seed after seed_everything
+        sampler, generator = EpochShuffleSampler(dataset, seed), loader_generator(seed)
+    # No shuffle= beside a sampler: Lightning reads shuffling from the sampler's type (under DDP a
+    # RandomSampler is swapped for a DistributedSampler that shuffles per epoch).
+    order = {"sampler": sampler} if sampler is not None else {"shuffle": False}
+    return DataLoader(dataset, batch_size=batch_size, drop_last=False, generator=generator,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0, **order)
+
+
+def _eval_loader(datamodule: pl.LightningDataModule, split: str) -> DataLoader:
+    """The loader of an evaluation split in list order; its own block of it per process under DDP."""
+    dataset = datamodule.datasets[split]
+    trainer, sampler = datamodule.trainer, None
+    if trainer is not None:
+        grid = trainer.distributed_sampler_kwargs  # None in a single process
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        grid = {"num_replicas": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank()}
+    else:
+        grid = None
+    if grid and grid["num_replicas"] > 1:
+        sampler = EvalDistributedSampler(dataset, grid["num_replicas"], grid["rank"],
+                                         what=f"{type(datamodule).__name__} {split} set")
+    return _loader(dataset, datamodule.batch_size, datamodule.num_workers, shuffle=False, sampler=sampler)
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -83,6 +154,12 @@ class LLPDataModule(pl.LightningDataModule):
         predict_split: What ``predict`` runs on: ``train``, ``val``, ``test``, or the path of a CSV
             with a ``filename`` column (and optionally ``event_labels``) naming videos whose
             features are in ``root``.
+        store: A packed store (``avvp-data pack ROOT``, e.g. ``ROOT/packed``) to read train/val/test
+            from instead of the per-file layout: the same arrays, read in seconds. It must be up to
+            date with ``root`` (else a DataError names what changed); with ``root`` unset, the root it
+            was packed from. A predict list (a CSV path) is still read from the per-file layout.
+        device_resident: Keep each split as tensors on the training device and slice batches by
+            index instead of a DataLoader (seeded shuffle per epoch; DDP shards like the samplers).
     """
 
     STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
@@ -91,7 +168,7 @@ class LLPDataModule(pl.LightningDataModule):
                  audio_dir: str = FEATURE_DIRS["audio"], visual_dir: str = FEATURE_DIRS["visual"],
                  motion_dir: str = FEATURE_DIRS["motion"], audio_dim: int = 128, visual_dim: int = 2048,
                  motion_dim: int = 512, num_segments: int = NUM_SEGMENTS, pool_visual: bool = True,
-                 predict_split: str = "test"):
+                 predict_split: str = "test", store: Optional[str] = None, device_resident: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -105,10 +182,17 @@ class LLPDataModule(pl.LightningDataModule):
     def root(self) -> Path:
         """The dataset root (the embedded synthetic set when none was given)."""
         given = self.hparams.root
+        if given is None and self.hparams.store is not None:
+            return Path(read_index(self._store_path())["source"])
         return Path(given).expanduser() if given is not None else default_root("llp")
 
+    def _store_path(self) -> Path:
+        """The store folder: as given, or relative to ``root`` when it is not found as given."""
+        store, given = Path(self.hparams.store).expanduser(), self.hparams.root
+        return store if store.is_absolute() or store.exists() or given is None else Path(given).expanduser() / store
+
     def prepare_data(self) -> None:
-        if self.hparams.root is None:
+        if self.hparams.root is None and self.hparams.store is None:
             default_root("llp")  # generated once (on rank zero) before setup runs everywhere
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -125,10 +209,14 @@ class LLPDataModule(pl.LightningDataModule):
             else:
                 lists["predict"] = _resolve(root, hp.predict_split)
         problems: list[str] = []
-        data = read_llp(root, list(dict.fromkeys(splits)) + list(lists), audio_dir=hp.audio_dir,
-                        visual_dir=hp.visual_dir, motion_dir=hp.motion_dir, audio_dim=hp.audio_dim,
-                        visual_dim=hp.visual_dim, motion_dim=hp.motion_dim, num_segments=hp.num_segments,
-                        pool_visual=hp.pool_visual, lists=lists, problems=problems)
+        options = dict(audio_dir=hp.audio_dir, visual_dir=hp.visual_dir, motion_dir=hp.motion_dir,
+                       audio_dim=hp.audio_dim, visual_dim=hp.visual_dim, motion_dim=hp.motion_dim,
+                       num_segments=hp.num_segments, pool_visual=hp.pool_visual)
+        splits = list(dict.fromkeys(splits))
+        data = read_store(self._store_path(), splits, root=root, **options) if hp.store is not None else {}
+        if lists or hp.store is None:
+            data.update(read_llp(root, [s for s in splits if s not in data] + list(lists), lists=lists,
+                                 problems=problems, **options))
         raise_problems(problems, what=f"LLP dataset at {root}")
         for split in missing:
             if split == "predict":
@@ -151,17 +239,34 @@ class LLPDataModule(pl.LightningDataModule):
             tensors["dense_visual"] = torch.from_numpy(split.dense_visual)  # (N, T, C)
         return VideoDataset(split.filenames, tensors)
 
+    def _resident(self, split: str, train: bool) -> ResidentBatches:
+        """``split`` as device-resident batches on the trainer's device, sharded per process."""
+        trainer, dataset = self.trainer, self.datasets[split]
+        grid = trainer.distributed_sampler_kwargs if trainer is not None else None  # None: one process
+        return ResidentBatches(dataset.ids, dataset.tensors, self.batch_size, shuffle=train, pad=train,
+                               seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                               device=trainer.strategy.root_device if trainer is not None else "cpu",
+                               rank=grid["rank"] if grid else 0, world_size=grid["num_replicas"] if grid else 1)
+
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.device_resident:
+            return self._resident("train", train=True)
         return _loader(self.datasets["train"], self.batch_size, self.num_workers, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return _loader(self.datasets["val"], self.batch_size, self.num_workers, shuffle=False)
+        if self.hparams.device_resident:
+            return self._resident("val", train=False)
+        return _eval_loader(self, "val")
 
     def test_dataloader(self) -> DataLoader:
-        return _loader(self.datasets["test"], self.batch_size, self.num_workers, shuffle=False)
+        if self.hparams.device_resident:
+            return self._resident("test", train=False)
+        return _eval_loader(self, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return _loader(self.datasets["predict"], self.batch_size, self.num_workers, shuffle=False)
+        if self.hparams.device_resident:
+            return self._resident("predict", train=False)
+        return _eval_loader(self, "predict")
 
 
 class SnippetDataModule(pl.LightningDataModule):
@@ -246,4 +351,4 @@ class SnippetDataModule(pl.LightningDataModule):
         return _loader(self.datasets["train"], self.batch_size, self.num_workers, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return _loader(self.datasets["val"], self.batch_size, self.num_workers, shuffle=False)
+        return _eval_loader(self, "val")

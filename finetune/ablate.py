@@ -1,0 +1,236 @@
+"""``avvp-ablate``: train and test every (config, seed) of an ablation, resumably.
+
+Examples::
+
+    avvp-ablate --configs han,base,base_gcaa,base_adv_skip,base_adv_skip_gcaa --seeds 3 --data.root /data/llp
+    avvp-ablate --configs han --seeds 2 --first_seed 2 --trainer.max_epochs 20   # seeds 2 and 3
+    avvp-ablate --configs han,base --seeds 3 --dry_run                           # print the plan only
+    avvp-report --output_dir outputs                                             # then the tables
+
+Every argument that is not an option of ``avvp-ablate`` is passed unchanged to both
+``avvp-finetune fit`` and ``avvp-finetune test`` (``--data.root``, ``--trainer.*``, an extra
+``--config overrides.yaml``, ...). Each (config, seed) is one run folder
+``<output_dir>/<config>/seed<seed>/``, where ``<config>`` is the config file's name without
+``.yaml``; it is also the run's ``run.name`` and W&B group (the table row), and the config's
+``run.tags`` are the W&B tags. A run:
+
+* is skipped when ``test/metrics.json`` exists (the test stage writes it last, after the
+  prediction CSVs, so its presence means the run finished);
+* else trains with ``avvp-finetune fit``, resumed from ``checkpoints/last.ckpt`` when a
+  previous fit was interrupted (a finished fit restored this way stops at once), then tests
+  the best checkpoint with ``avvp-finetune test --ckpt_path best``.
+
+So rerunning the same command after a crash, a kill or a pre-empted job redoes only what did
+not finish. Runs go seed-major (every config with the first seed, then the next seed), so a
+sweep stopped half-way already has every table row.
+
+The runs execute in this process, one after another: a process pays the ~6 s import of
+torch and Lightning once, not twice per run, and a test can watch the calls. Nothing leaks
+from one run to the next: each ``avvp-finetune`` call builds its own trainer, model and data
+and reseeds every RNG; the W&B run that Lightning leaves open is finished after each call
+(else the next run would log into it), and the CUDA cache is emptied.
+
+Fanning out uses ordinary launchers, not a scheduler of ours: one ``avvp-ablate`` per GPU
+(``CUDA_VISIBLE_DEVICES=0 avvp-ablate --configs han,base ... &``, ``CUDA_VISIBLE_DEVICES=1
+avvp-ablate --configs base_gcaa ... &``), or on a cluster a job array with one
+``avvp-finetune fit`` + ``test`` per (config, seed); ``--dry_run`` prints those command lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from avvp_lightning.cli import bundled_configs, resolve_config_args
+from avvp_lightning.errors import DataError
+from avvp_lightning.finetune import cli as finetune_cli
+
+#: The rows of the paper's Tables 1-2 that need no pretrained features (the default sweep).
+DEFAULT_CONFIGS = ("han", "base", "base_gcaa", "base_adv_skip", "base_adv_skip_gcaa")
+#: Options the sweep sets itself for every run; passing them through would break the folder layout.
+RESERVED = ("--run.name", "--run.group", "--seed_everything", "--ckpt_path", "--trainer.default_root_dir")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (config, seed) of a sweep.
+
+    Args:
+        name: The config's name (file name without ``.yaml``): run folder, ``run.name`` and W&B group.
+        config: The config as given to ``--config`` (a bundled name or a path).
+        seed: ``--seed_everything`` of the run.
+        output_dir: ``--run.output_dir`` (root of all runs).
+    """
+
+    name: str
+    config: str
+    seed: int
+    output_dir: Path
+
+    @property
+    def folder(self) -> Path:
+        """``<output_dir>/<name>/seed<seed>``, as the CLI lays it out."""
+        return self.output_dir / self.name / f"seed{self.seed}"
+
+    @property
+    def done(self) -> bool:
+        """Whether the test stage finished (its ``metrics.json`` is written last)."""
+        return (self.folder / "test" / "metrics.json").is_file()
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """Where an interrupted fit left its state."""
+        return self.folder / "checkpoints" / "last.ckpt"
+
+    def args(self, subcommand: str, extra: list[str]) -> list[str]:
+        """``avvp-finetune`` arguments of ``subcommand`` (``fit`` or ``test``) for this run."""
+        args = [subcommand, "--config", self.config, *extra, "--seed_everything", str(self.seed),
+                "--run.name", self.name, "--run.group", self.name, "--run.output_dir", str(self.output_dir)]
+        if subcommand == "test":
+            args += ["--ckpt_path", "best"]
+        elif self.last_checkpoint.is_file():
+            args += ["--ckpt_path", "last"]
+        return args
+
+
+def config_name(config: str) -> str:
+    """The row name of a config: ``han``, ``han.yaml`` and ``path/to/han.yaml`` all give ``han``."""
+    name = Path(config).name
+    for suffix in (".yaml", ".yml"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def plan_runs(configs: list[str], seeds: list[int], output_dir: str | Path) -> list[Run]:
+    """The runs of a sweep, seed-major; unknown config names raise a DataError before any run."""
+    names = [config_name(c) for c in configs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"--configs names the row(s) {', '.join(duplicates)} twice")
+    for config in configs:
+        resolve_config_args(["--config", config], "finetune")  # DataError listing the bundled ones
+    return [Run(name, config, seed, Path(output_dir)) for seed in seeds for name, config in zip(names, configs)]
+
+
+def _release() -> None:
+    """Finish the W&B run Lightning leaves open and free memory before the next run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _finetune(args: list[str]) -> None:
+    argv = sys.argv
+    sys.argv = argv[:1]  # LightningCLI warns when given args while sys.argv holds others (ours)
+    try:
+        finetune_cli.main(args)
+    finally:
+        sys.argv = argv
+        _release()
+
+
+def execute(run: Run, extra: list[str]) -> None:
+    """Train (resuming from ``last.ckpt`` when present) and test one run."""
+    resumed = run.last_checkpoint.is_file()
+    print(f"[avvp-ablate] {run.name} seed {run.seed}: {'resuming fit from last.ckpt' if resumed else 'fit'}",
+          flush=True)
+    _finetune(run.args("fit", extra))
+    print(f"[avvp-ablate] {run.name} seed {run.seed}: test (best checkpoint)", flush=True)
+    _finetune(run.args("test", extra))
+
+
+def sweep(runs: list[Run], extra: list[str], dry_run: bool = False) -> list[Run]:
+    """Run the unfinished ``runs`` in order; returns those it ran (or would run, when ``dry_run``).
+
+    An exception (or Ctrl-C) stops the sweep after saying which run failed; the same command
+    then resumes where it stopped.
+    """
+    todo = [run for run in runs if not run.done]
+    print(f"[avvp-ablate] {len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to do", flush=True)
+    for run in todo:
+        if dry_run:
+            for sub in ("fit", "test"):
+                print(shlex.join(["avvp-finetune", *run.args(sub, extra)]), flush=True)
+            continue
+        try:
+            execute(run, extra)
+        except BaseException:
+            print(f"[avvp-ablate] {run.name} seed {run.seed} did not finish; run the same command again "
+                  "to resume from here", file=sys.stderr, flush=True)
+            raise
+    return todo
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avvp-ablate",
+        description="Train and test every (config, seed) of an ablation, resumably: finished runs "
+                    "(test/metrics.json present) are skipped, interrupted fits resume from last.ckpt. "
+                    "Any other --key value is passed to both avvp-finetune fit and test.",
+        epilog=f"Bundled configs: {', '.join(bundled_configs('finetune'))}",
+        allow_abbrev=False,  # else `--config x` (passed through) would be read as --configs
+    )
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help="Comma-separated configs (bundled names or paths), one table row each "
+                             "(default: %(default)s).")
+    parser.add_argument("--seeds", type=int, default=1, help="Seeds per config (default: %(default)s).")
+    parser.add_argument("--first_seed", type=int, default=0,
+                        help="First seed: the sweep runs first_seed .. first_seed + seeds - 1 (default: 0).")
+    parser.add_argument("--output_dir", default=None,
+                        help="Root of the run folders, passed as --run.output_dir (default: outputs; "
+                             "--run.output_dir is accepted too).")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="Print the avvp-finetune commands of the unfinished runs and exit.")
+    return parser
+
+
+def parse_args(args: Optional[list[str]] = None) -> tuple[argparse.Namespace, list[str]]:
+    """The sweep's own options and the arguments passed through to ``avvp-finetune``."""
+    parser = _parser()
+    opts, extra = parser.parse_known_args(args)
+    passed: list[str] = []
+    i = 0
+    while i < len(extra):
+        key = extra[i].split("=", 1)[0]
+        if key in RESERVED:
+            parser.error(f"{key} is set by the sweep for each run (row name, seed, checkpoint); remove it")
+        if key in ("fit", "test", "validate", "predict"):
+            parser.error(f"no subcommand: avvp-ablate runs fit then test itself (got {key!r})")
+        if key == "--run.output_dir":  # an alias of --output_dir
+            value = extra[i].split("=", 1)[1] if "=" in extra[i] else (extra[i + 1] if i + 1 < len(extra) else None)
+            if value is None:
+                parser.error("--run.output_dir needs a value")
+            opts.output_dir = opts.output_dir or value
+            i += 1 if "=" in extra[i] else 2
+            continue
+        passed.append(extra[i])
+        i += 1
+    if opts.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {opts.seeds}")
+    opts.output_dir = opts.output_dir or "outputs"
+    return opts, passed
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Run ``avvp-ablate``; ``args`` as on the command line (default ``sys.argv[1:]``)."""
+    opts, extra = parse_args(args)
+    configs = [c.strip() for c in opts.configs.split(",") if c.strip()]
+    seeds = list(range(opts.first_seed, opts.first_seed + opts.seeds))
+    runs = plan_runs(configs, seeds, opts.output_dir)
+    ran = sweep(runs, extra, dry_run=opts.dry_run)
+    if not opts.dry_run:
+        print(f"[avvp-ablate] done: {len(ran)} run(s) trained and tested. Tables and figures: "
+              f"avvp-report --output_dir {shlex.quote(str(opts.output_dir))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
