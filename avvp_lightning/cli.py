@@ -155,6 +155,7 @@ class AVVPCLI(LightningCLI):
             sys.argv[1:] = resolve_config_args(sys.argv[1:], self.stage)
         elif isinstance(args, (list, tuple)):
             args = resolve_config_args([str(a) for a in args], self.stage)
+        self.command = [f"avvp-{self.stage}", *(sys.argv[1:] if args is None else map(str, args))]  # for run.json
         os.environ.setdefault("WANDB_SILENT", "true")
         defaults = str(config_dir(self.stage) / "defaults.yaml")
         description = (
@@ -260,7 +261,8 @@ class AVVPCLI(LightningCLI):
         config = json.loads(self._parser(sub).dump(self.config[sub], format="json", skip_none=False))
         seed = os.environ.get("PL_GLOBAL_SEED")
         self.run_record = runinfo.run_record(sub, int(seed) if seed is not None else None, config,
-                                             self.data_fingerprint(), str(ckpt_path) if ckpt_path else None)
+                                             self.data_fingerprint(), str(ckpt_path) if ckpt_path else None,
+                                             command=self.command)
         path = runinfo.write_run_record(self.trainer.default_root_dir, self.run_record)
         if sub == "test":
             print(f"{runinfo.format_record(self.run_record)}\nrun record: {path}", flush=True)

@@ -22,7 +22,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,14 +116,18 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str]) -> dict[
 
 
 def run_record(subcommand: str, seed: Optional[int], config: Mapping[str, Any],
-               data: Optional[Mapping[str, Any]], ckpt_path: Optional[str] = None) -> dict[str, Any]:
-    """Everything needed to repeat a run: seed, config, versions, platform, data fingerprint."""
+               data: Optional[Mapping[str, Any]], ckpt_path: Optional[str] = None,
+               command: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Everything needed to repeat a run: seed, config, versions, platform, data fingerprint.
+
+    ``command`` is the command line (default: this process's ``sys.argv``).
+    """
     return {
         "subcommand": subcommand,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "ckpt_path": ckpt_path,
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": list(command) if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
         "versions": package_versions(),
         "platform": platform_info(),
         "data": dict(data) if data is not None else None,

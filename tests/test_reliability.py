@@ -389,6 +389,7 @@ def test_same_seed_same_numbers_and_run_record(tiny_root: Path, tmp_path: Path,
     assert set(record) == {"fit", "test"}
     fit, test = record["fit"], record["test"]
     assert fit["seed"] == test["seed"] == 0 and fit["ckpt_path"] is None
+    assert fit["command"][:2] == ["avvp-finetune", "fit"] and "--trainer.max_epochs=2" in fit["command"]
     assert test["ckpt_path"] == str(tmp_path / "a" / RUN / "checkpoints" / "last.ckpt")
     assert fit["config"]["model"]["hidden_dim"] == 32 and fit["config"]["data"]["root"] == str(tiny_root)
     assert fit["config"]["trainer"]["max_epochs"] == 2 and fit["config"]["seed_everything"] == 0
