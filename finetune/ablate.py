@@ -14,8 +14,8 @@ Every argument that is not an option of ``avvp-ablate`` is passed unchanged to b
 ``.yaml``; it is also the run's ``run.name`` and W&B group (the table row), and the config's
 ``run.tags`` are the W&B tags. A run:
 
-* is skipped when ``test/metrics.json`` exists (the test stage writes it last, after the
-  prediction CSVs, so its presence means the run finished);
+* is skipped when ``test/metrics.json`` holds the ten numbers (the test stage writes it last,
+  after the prediction CSVs, so a complete file means the run finished);
 * else trains with ``avvp-finetune fit``, resumed from ``checkpoints/last.ckpt`` when a
   previous fit was interrupted (a finished fit restored this way stops at once), then tests
   the best checkpoint with ``avvp-finetune test --ckpt_path best``.
@@ -33,22 +33,25 @@ and reseeds every RNG; the W&B run that Lightning leaves open is finished after 
 Fanning out uses ordinary launchers, not a scheduler of ours: one ``avvp-ablate`` per GPU
 (``CUDA_VISIBLE_DEVICES=0 avvp-ablate --configs han,base ... &``, ``CUDA_VISIBLE_DEVICES=1
 avvp-ablate --configs base_gcaa ... &``), or on a cluster a job array with one
-``avvp-finetune fit`` + ``test`` per (config, seed); ``--dry_run`` prints those command lines.
+``avvp-ablate --configs X --seeds 1 --first_seed S`` (or its ``avvp-finetune fit`` + ``test``
+lines, which ``--dry_run`` prints) per (config, seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from avvp_lightning.cli import bundled_configs, resolve_config_args
+from avvp_lightning.cli import bundled_configs, command_line_errors, resolve_config_args
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import cli as finetune_cli
+from avvp_lightning.metrics import METRIC_KEYS
 
 #: The rows of the paper's Tables 1-2 that need no pretrained features (the default sweep).
 DEFAULT_CONFIGS = ("han", "base", "base_gcaa", "base_adv_skip", "base_adv_skip_gcaa")
@@ -79,8 +82,13 @@ class Run:
 
     @property
     def done(self) -> bool:
-        """Whether the test stage finished (its ``metrics.json`` is written last)."""
-        return (self.folder / "test" / "metrics.json").is_file()
+        """Whether the test stage finished: its ``metrics.json`` (written last) holds the ten numbers."""
+        path = self.folder / "test" / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError):  # absent, or cut short by a kill: test again
+            return False
+        return isinstance(metrics, dict) and all(key in metrics for key in METRIC_KEYS)
 
     @property
     def last_checkpoint(self) -> Path:
@@ -225,8 +233,9 @@ def main(args: Optional[list[str]] = None) -> None:
     opts, extra = parse_args(args)
     configs = [c.strip() for c in opts.configs.split(",") if c.strip()]
     seeds = list(range(opts.first_seed, opts.first_seed + opts.seeds))
-    runs = plan_runs(configs, seeds, opts.output_dir)
-    ran = sweep(runs, extra, dry_run=opts.dry_run)
+    with command_line_errors(args, "avvp-ablate"):
+        runs = plan_runs(configs, seeds, opts.output_dir)
+        ran = sweep(runs, extra, dry_run=opts.dry_run)
     if not opts.dry_run:
         print(f"[avvp-ablate] done: {len(ran)} run(s) trained and tested. Tables and figures: "
               f"avvp-report --output_dir {shlex.quote(str(opts.output_dir))}", flush=True)

@@ -45,6 +45,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from avvp_lightning.cli import command_line_errors
 from avvp_lightning.data.llp import DENSE_FILES, SPLIT_FILES, read_dense_truth, read_video_list, video_id
 from avvp_lightning.data.synthetic import default_root
 from avvp_lightning.errors import DataError
@@ -386,6 +387,12 @@ def render_report(results: dict[str, list[RunResult]], unfinished: list[Path], o
 def main(args: Optional[list[str]] = None) -> None:
     """Run ``avvp-report``; ``args`` as on the command line (default ``sys.argv[1:]``)."""
     opts = _parser().parse_args(args)
+    with command_line_errors(args, "avvp-report"):
+        write_report(opts)
+
+
+def write_report(opts: argparse.Namespace) -> None:
+    """Write ``report.md`` and the figures for parsed ``avvp-report`` options."""
     results, unfinished = find_runs(opts.output_dir, _split(opts.configs) or None)
     pair = choose_pair(results, opts.compare)
     videos, timeline_run = _split(opts.videos), None
@@ -404,9 +411,9 @@ def main(args: Optional[list[str]] = None) -> None:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in video)
         path = out / f"timeline_{timeline_run.config}_seed{timeline_run.seed}_{safe}.png"
         images[f"timeline_{safe}"] = timeline(timeline_run, video, path)
-    report = out / "report.md"
-    report.write_text(render_report(results, unfinished, opts.output_dir, images, pair))
-    print(f"[avvp-report] {sum(map(len, results.values()))} finished runs of {len(results)} configs -> {report}"
+    markdown = out / "report.md"
+    markdown.write_text(render_report(results, unfinished, opts.output_dir, images, pair))
+    print(f"[avvp-report] {sum(map(len, results.values()))} finished runs of {len(results)} configs -> {markdown}"
           + "".join(f"\n[avvp-report] {p}" for p in images.values()), flush=True)
     if wandb_online():
         log_to_wandb(opts.project or _project(results), wandb_tables(results), images)

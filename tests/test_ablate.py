@@ -29,6 +29,7 @@ from avvp_lightning.data.synthetic import generate_llp
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import ablate, report
 from avvp_lightning.finetune import cli as finetune_cli
+from avvp_lightning.metrics import METRIC_KEYS
 
 DIMS = {"audio_dim": 16, "visual_dim": 32, "motion_dim": 8}
 CONFIGS = ("han", "base_gcaa")
@@ -40,7 +41,8 @@ PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 def finetune_args(root: Path) -> list[str]:
     args = ["--data.root", str(root), "--data.batch_size", "8", "--model.hidden_dim", "32",
-            "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=2"]
+            "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=2",
+            "--trainer.num_sanity_val_steps=0", "--trainer.enable_model_summary=false"]
     for key, value in DIMS.items():
         args += [f"--data.{key}", str(value)]
     return args
@@ -296,12 +298,25 @@ def test_unknown_config_fails_before_any_run(monkeypatch: pytest.MonkeyPatch, tm
     assert calls == []
 
 
+@pytest.mark.parametrize("script", [ablate, report])
+def test_console_scripts_print_a_data_error_as_one_line(script: Any, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finetune_cli, "main", lambda args: pytest.fail("trained"))
+    monkeypatch.setattr(sys, "argv", [script.__name__, "--configs", "no_such_row", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "no_such_row" in err and len(err.splitlines()) == 1
+
+
 def test_dry_run_prints_the_commands_of_unfinished_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finetune_cli, "main", lambda args: pytest.fail("dry run trained"))
-    done = metrics_of(tmp_path, "han", 3)
-    done.parent.mkdir(parents=True)
-    done.write_text("{}")
+    done, cut_short = metrics_of(tmp_path, "han", 3), metrics_of(tmp_path, "han", 4)
+    for path in (done, cut_short):
+        path.parent.mkdir(parents=True)
+    done.write_text(json.dumps({key: 0.5 for key in METRIC_KEYS}))
+    cut_short.write_text(json.dumps({key: 0.5 for key in METRIC_KEYS})[:40])  # killed while writing
     ablate.main(["--configs", "han", "--seeds", "2", "--first_seed", "3", "--run.output_dir", str(tmp_path),
                  "--dry_run", "--config", "extra.yaml", "--trainer.max_epochs", "5"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("avvp-finetune")]
