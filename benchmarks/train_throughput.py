@@ -11,7 +11,8 @@ synthetic LLP set at the real feature sizes, generated into a temporary folder::
     A'  the reference design at our batch and precision (64, bf16 autocast where supported).
     C   the fast path at our batch and precision.
     F   ``avvp-finetune fit`` itself at the paper's settings (the paper's model, batch 64) with
-        ``--data.store``, ``--data.device_resident`` and bf16-mixed; F-HAN the same with HAN's model.
+        ``--data.store``, ``--data.device_resident`` and bf16-mixed; F+fA the same with
+        ``--optimizer.init_args.fused true``; F-HAN the same as F with HAN's model.
     C+fA    C with Adam's fused implementation (``--optimizer.init_args.fused true`` for the CLI).
     C+comp  (``--compile``) C with ``torch.compile``; its compilation time is printed apart.
     E   a full evaluation of the test videos (forward, HAN's decision rule, all ten metrics): the
@@ -179,7 +180,8 @@ class EpochTimer(Callback):
             self.epoch_s.append(seconds)
 
 
-def run_fit(root: Path, out: Path, device: torch.device, epochs: int, bf16: bool, han: bool) -> EpochTimer:
+def run_fit(root: Path, out: Path, device: torch.device, epochs: int, bf16: bool, han: bool,
+            fused: bool = False) -> EpochTimer:
     """``avvp-finetune fit`` (the real CLI, defaults.yaml first) plus the timer; epoch 1 is warm-up."""
     timer = EpochTimer()
 
@@ -192,7 +194,8 @@ def run_fit(root: Path, out: Path, device: torch.device, epochs: int, bf16: bool
             "--trainer.precision", "bf16-mixed" if bf16 else "32-true", "--trainer.max_epochs", str(epochs + 1),
             "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu", "--trainer.devices", "1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--run.output_dir", str(out), "--run.name", "han" if han else "paper"]
+            "--run.output_dir", str(out), "--run.name", "han" if han else "paper" + ("_fused" if fused else ""),
+            *(["--optimizer.init_args.fused", "true"] if fused else [])]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own flags
     try:
         TimedCLI(ParserModule, LLPDataModule, args=args)
@@ -325,17 +328,19 @@ def main(argv: list[str] | None = None) -> None:
             warm = case.warm_up()
             if case.key == "C+comp":
                 print(f"C+comp: compilation (first 3 steps) took {warm:.1f} s", flush=True)
-        for r in range(opts.epochs):
+        def round_(name: str) -> None:
             for case in cases:
                 case.epoch()
-            print(f"round {r + 1}/{opts.epochs}: " + ", ".join(f"{c.key} {c.rates[-1]:.0f}" for c in cases)
-                  + " videos/s", flush=True)
+            print(f"round {name}: " + ", ".join(f"{c.key} {c.rates[-1]:.0f}" for c in cases) + " videos/s", flush=True)
 
+        for r in range(opts.epochs):
+            round_(f"{r + 1}/{opts.epochs}")
         fits = {}
         if not opts.skip_fit:
-            for key, han in (("F", False), ("F-HAN", True)):
-                fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, bf16, han)
+            for key, han, fused in (("F", False, False), ("F+fA", False, True), ("F-HAN", True, False)):
+                fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, bf16, han, fused)
                 print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s", flush=True)
+            round_("after the fits")  # brackets the fits, so that load drifts hit both sides
 
         model = cases[0].model  # one trained model for both evaluations (it also takes pooled input)
         ref_eval = evaluate_reference(root, device, model)
@@ -355,14 +360,16 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     for key, timer in fits.items():
         if timer.rates:
             rate[key] = statistics.median(timer.rates)
-            label = "avvp-finetune fit, " + ("HAN model" if key == "F-HAN" else "paper model + settings")
+            label = "avvp-finetune fit, " + {"F": "paper model + settings", "F+fA": "the same + fused Adam",
+                                             "F-HAN": "HAN model"}[key]
             rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
                          rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
-    print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {opts.epochs} epoch(s) (min-max)")
-    print(f"{'':<6}{'case':<40}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
+    print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "
+          f"(min-max); fits: median of {opts.epochs} after a warm-up epoch")
+    print(f"{'':<7}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
           f"{'epoch s':>9}{'vs A':>7}   range")
     for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
-        print(f"{key:<6}{label:<40}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
+        print(f"{key:<7}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
               f"{r / rate['A']:>6.1f}x   {lo:.0f}-{hi:.0f}")
     print("\nSpeed-ups")
     print(f"  B / A   fast path vs reference, HAN's batch 16 fp32 (data path + pooling first): "
@@ -370,10 +377,12 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     c_vs_a2 = rate["C"] / rate["A'"]
     print(f"  C / A'  fast path vs reference, batch 64 {prec} (data path + pooling first):     {c_vs_a2:.2f}x")
     print(f"  C / A   ours at our settings vs the reference at HAN's:                        {rate['C'] / rate['A']:.2f}x")
-    for key in ("F", "F-HAN"):
+    fused_vs_a2 = rate["C+fA"] / rate["A'"]
+    print(f"  C+fA / A'  the same with fused Adam:                                           {fused_vs_a2:.2f}x")
+    for key, what in (("F", "paper model"), ("F+fA", "paper model, fused Adam"), ("F-HAN", "HAN model")):
         if key in rate:
-            print(f"  {key} / A{' ' * (6 - len(key))}avvp-finetune fit ({'HAN model' if key == 'F-HAN' else 'paper model'}, "
-                  f"batch 64 {prec}) vs the reference at HAN's settings: {rate[key] / rate['A']:.2f}x")
+            print(f"  {key} / A{' ' * (6 - len(key))}avvp-finetune fit ({what}, batch 64 {prec}) vs the reference at "
+                  f"HAN's settings: {rate[key] / rate['A']:.2f}x")
     print(f"\nFull evaluation of {opts.test_videos} test videos (forward + decisions + all ten metrics)")
     print(f"  reference (per-file, 1 video/step, fp32, Python metrics): {ref_eval[0]:7.2f} s   "
           f"segment Type@AV {100 * ref_eval[1]:.1f}")
