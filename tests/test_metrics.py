@@ -664,3 +664,14 @@ def test_real_llp_test_split():
     means = ref_all(painted, painted, ta, tv)[0]
     assert_close(avvp_scores(*tens((painted, painted, ta, tv))), means, KEYS)
     assert abs(means["segment/type"] - 0.630) < 0.0015
+
+
+def test_scores_unchanged_under_bf16_autocast() -> None:
+    """Row codes come from a matrix product: autocast must not round it to bfloat16."""
+    gen = torch.Generator().manual_seed(11)
+    tensors = [(torch.rand(200, 10, 25, generator=gen) < 0.4).float() for _ in range(4)]
+    plain = avvp_scores(*tensors)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = avvp_scores(*tensors)
+    for key in plain:
+        assert under[key] == pytest.approx(plain[key], abs=1e-12), key

@@ -261,12 +261,14 @@ def _codes(x: Tensor) -> Tensor:
     """(..., T, C) 0/1 -> (..., C) int32 row codes: bit ``s`` set when segment ``s`` is 1.
 
     One float matrix product with powers of two; the codes stay below
-    2^TABLE_MAX_SEGMENTS, so it is exact even under TF32 / bfloat16 matmul precision.
+    2^TABLE_MAX_SEGMENTS, so it is exact under TF32 matmul precision. Autocast is switched
+    off around it: a bfloat16 product cannot hold codes such as 1023 exactly.
     """
     *lead, t, c = x.shape
     if x.dtype not in (torch.float32, torch.float64):
         x = x.to(torch.float32)
-    return (x.reshape(*lead, t * c) @ _spread(t, c, x.dtype, x.device)).int()
+    with torch.autocast(x.device.type, enabled=False):
+        return (x.reshape(*lead, t * c) @ _spread(t, c, x.dtype, x.device)).int()
 
 
 def event_counts(
