@@ -376,7 +376,8 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
           f"{rate['B'] / rate['A']:.2f}x")
     c_vs_a2 = rate["C"] / rate["A'"]
     print(f"  C / A'  fast path vs reference, batch 64 {prec} (data path + pooling first):     {c_vs_a2:.2f}x")
-    print(f"  C / A   ours at our settings vs the reference at HAN's:                        {rate['C'] / rate['A']:.2f}x")
+    ours = rate["C"] / rate["A"]
+    print(f"  C / A   ours at our settings vs the reference at HAN's:                        {ours:.2f}x")
     fused_vs_a2 = rate["C+fA"] / rate["A'"]
     print(f"  C+fA / A'  the same with fused Adam:                                           {fused_vs_a2:.2f}x")
     for key, what in (("F", "paper model"), ("F+fA", "paper model, fused Adam"), ("F-HAN", "HAN model")):

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from avvp_lightning.data.llp import read_llp
 from avvp_lightning.data.store import INDEX_FILE, ResidentBatches, pack_store, read_store
 from avvp_lightning.data.synthetic import SMALL_DIMS, generate_llp
 from avvp_lightning.errors import DataError
+from avvp_lightning.finetune.cli import main as finetune
 from avvp_lightning.finetune.module import ParserModule
 from avvp_lightning.metrics import METRIC_KEYS, avvp_scores, decide
 from avvp_lightning.models.parser import AVVPParser
@@ -228,13 +232,39 @@ def test_bf16_autocast_metrics_equal_float32_metrics_of_the_same_decisions(packe
 
 
 def test_cli_fit_from_store_device_resident_bf16(root: Path, tmp_path: Path) -> None:
-    from avvp_lightning.finetune.cli import main
-
     args = ["--data.root", str(root), "--data.store", "packed", "--data.device_resident=true",
             "--trainer.precision", "bf16-mixed", "--run.output_dir", str(tmp_path / "out"), "--data.batch_size", "8",
             "--model.hidden_dim", "16", "--model.ffn_dim", "16", "--trainer.enable_progress_bar=false",
             *[f"--data.{k}={v}" for k, v in DIMS.items()]]
-    main(["fit", *args, "--trainer.max_epochs=1"])
-    main(["test", *args, "--ckpt_path", "last"])
+    finetune(["fit", *args, "--trainer.max_epochs=1"])
+    finetune(["test", *args, "--ckpt_path", "last"])
     result = json.loads((tmp_path / "out" / "base_adv_skip_gcaa" / "seed0" / "test" / "metrics.json").read_text())
     assert result["num_videos"] == 13 and 0.0 <= result["segment/type"] <= 1.0
+
+
+@pytest.mark.slow
+def test_device_resident_test_under_ddp_equals_single_process(root: Path, tmp_path: Path) -> None:
+    """2 CPU processes (gloo): 13 test videos split 6 + 7, each scored once, in list order."""
+    args = ["--data.root", str(root), "--data.store", "packed", "--data.device_resident=true", "--data.batch_size",
+            "4", "--run.output_dir", str(tmp_path / "out"), "--model.hidden_dim", "16", "--model.ffn_dim", "16",
+            "--trainer.enable_progress_bar=false", "--trainer.accelerator", "cpu",
+            *[f"--data.{k}={v}" for k, v in DIMS.items()]]
+    finetune(["fit", *args, "--trainer.max_epochs=1"])
+    finetune(["test", *args, "--ckpt_path", "last", "--model.output_dir", str(tmp_path / "single")])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")}
+    env.update(WANDB_MODE="disabled", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    command = [str(Path(sys.executable).parent / "avvp-finetune"), "test", *args, "--ckpt_path", "last",
+               "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "out" / "base_adv_skip_gcaa" / "seed0"
+    ddp, single = (json.loads((folder / "metrics.json").read_text())
+                   for folder in (run_dir / "test", tmp_path / "single"))
+    assert ddp["num_videos"] == single["num_videos"] == 13
+    for key in METRIC_KEYS:
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+    for name in ("pred_audio.csv", "pred_visual.csv"):
+        assert (run_dir / "test" / name).read_text() == (tmp_path / "single" / name).read_text(), name

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(visual frames pooled) for fast loading with --data.store",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pack.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
-    pack.add_argument("--out", default=None, help=f"store folder (default: ROOT/{DEFAULT_STORE_DIR})")
+    pack.add_argument("--out", default=None, help=f"store folder; None: ROOT/{DEFAULT_STORE_DIR}")
     pack.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
     pack.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
                       help="splits to pack")

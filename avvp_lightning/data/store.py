@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from avvp_lightning.data.llp import (
-    DENSE_FILES, DENSE_SPLITS, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, raise_problems, read_llp,
+    DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, raise_problems, read_llp,
 )
 from avvp_lightning.data.synthetic import _atomic_folder
 from avvp_lightning.errors import DataError
