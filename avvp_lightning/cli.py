@@ -84,25 +84,6 @@ def resolve_config_args(args: list[str], stage: str) -> list[str]:
     return out
 
 
-def every_epoch_last(callbacks: list[Callback]) -> list[Callback]:
-    """Make ``last.ckpt`` the state after every epoch, what ``--ckpt_path last`` resumes from.
-
-    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only when it also
-    saves a top-k checkpoint (the monitored score improved), so a resume could go back many
-    epochs. Each such callback keeps its top-k role with ``save_last`` off, and one unmonitored
-    ``ModelCheckpoint`` per folder writes ``last.ckpt`` at the end of every epoch.
-    """
-    out, folders = list(callbacks), []
-    for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last is True:
-            callback.save_last = False
-            if callback.dirpath not in folders:
-                folders.append(callback.dirpath)
-    out += [ModelCheckpoint(dirpath=folder, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
-                            save_top_k=1, every_n_epochs=1, enable_version_counter=False) for folder in folders]
-    return out
-
-
 @contextmanager
 def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
     """Report a :class:`DataError` as one ``<prog>: error: <message>`` line, exit status 2.
@@ -148,6 +129,8 @@ class AVVPCLI(LightningCLI):
 
     stage: str = ""
     description: str = ""
+    monitor: str = ""  # logged value that picks best.ckpt
+    monitor_mode: str = "max"
 
     def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
         if args is None:
@@ -227,7 +210,7 @@ class AVVPCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         if trainer_cfg.get("enable_checkpointing", True) is not False:
-            callbacks += every_epoch_last(self.stage_callbacks(root))
+            callbacks += self.stage_callbacks(root)
         kwargs["callbacks"] = callbacks + [RngStateCallback()]
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -289,8 +272,19 @@ class AVVPCLI(LightningCLI):
             runinfo.add_to_json(metrics, "run", self.run_record)
 
     def stage_callbacks(self, run_dir: Path) -> list[Callback]:
-        """Callbacks every run of the stage gets (checkpointing); overridden per stage."""
-        return []
+        """``checkpoints/best.ckpt`` (best ``monitor``) and ``checkpoints/last.ckpt`` (every epoch).
+
+        ``last.ckpt`` has its own unmonitored callback: Lightning 2.6's ``save_last=True`` rewrites
+        it only when a top-k checkpoint is saved (the monitored score improved), so a resume with
+        ``--ckpt_path last`` could go back many epochs.
+        """
+        folder = str(run_dir / "checkpoints")
+        return [
+            ModelCheckpoint(dirpath=folder, filename="best", monitor=self.monitor, mode=self.monitor_mode,
+                            save_top_k=1, enable_version_counter=False),
+            ModelCheckpoint(dirpath=folder, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
+                            save_top_k=1, every_n_epochs=1, enable_version_counter=False),
+        ]
 
     def make_loggers(self, run_dir: Path) -> list[Logger]:
         cfg = self.config[self.subcommand]

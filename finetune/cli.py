@@ -9,11 +9,8 @@ Examples::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType
 
 from avvp_lightning.cli import AVVPCLI, command_line_errors
@@ -23,6 +20,7 @@ from avvp_lightning.finetune.module import ParserModule
 
 class FinetuneCLI(AVVPCLI):
     stage = "finetune"
+    monitor, monitor_mode = "val/segment/type", "max"  # best validation segment Type@AV, as HAN
     description = "Train and evaluate audio-visual video parsers on LLP (weak labels) with exact HAN metrics."
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -30,14 +28,6 @@ class FinetuneCLI(AVVPCLI):
         for dim in ("audio_dim", "visual_dim", "motion_dim"):
             parser.link_arguments(f"data.{dim}", f"model.{dim}")
 
-    def stage_callbacks(self, run_dir: Path) -> list[Callback]:
-        # Keep the best validation segment-level Type@AV (as HAN) and last.ckpt for resuming.
-        return [
-            ModelCheckpoint(
-                dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/segment/type",
-                mode="max", save_top_k=1, save_last=True, enable_version_counter=False,
-            )
-        ]
 
 
 def main(args: ArgsType = None) -> None:

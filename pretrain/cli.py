@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType
 
 from avvp_lightning.checkpointing import checkpoint_kind, load_checkpoint
@@ -28,6 +25,7 @@ from avvp_lightning.pretrain.module import PretrainModule
 
 class PretrainCLI(AVVPCLI):
     stage = "pretrain"
+    monitor, monitor_mode = "val/loss", "min"
     description = (
         "Pretrain a UNITER-style audio-visual transformer with grounding losses (uni / cross / multi), "
         "then export its contextualized features for finetuning (avvp-pretrain export --help)."
@@ -38,13 +36,6 @@ class PretrainCLI(AVVPCLI):
         for dim in ("audio_dim", "visual_dim", "num_segments"):
             parser.link_arguments(f"data.{dim}", f"model.{dim}")
 
-    def stage_callbacks(self, run_dir: Path) -> list[Callback]:
-        return [
-            ModelCheckpoint(
-                dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/loss", mode="min",
-                save_top_k=1, save_last=True, enable_version_counter=False,
-            )
-        ]
 
 
 def export_main(args: list[str]) -> None:
