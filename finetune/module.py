@@ -49,7 +49,8 @@ class ParserModule(pl.LightningModule):
             default ``<run folder>/test`` or ``<run folder>/predict``.
 
     Under mixed precision (``--trainer.precision bf16-mixed``) the parser runs in bfloat16 while
-    the loss (BCE on clamped probabilities) and the metrics run in float32 outside autocast.
+    the loss (BCE on clamped probabilities) runs in float32 outside autocast; the metrics take
+    the 0/1 decisions and are exact under autocast.
     """
 
     def __init__(
@@ -120,8 +121,7 @@ class ParserModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, pred_a, pred_v = self._decide(batch)
-        with _no_autocast(self.device):  # the metrics' exact float matmuls must not run in bfloat16
-            self.val_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+        self.val_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
@@ -132,8 +132,7 @@ class ParserModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out, pred_a, pred_v = self._decide(batch)
-        with _no_autocast(self.device):
-            self.test_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
+        self.test_metrics.update(pred_a, pred_v, batch["dense_audio"], batch["dense_visual"])
         self._collect(batch, out, pred_a, pred_v)
 
     def on_test_epoch_start(self) -> None:
