@@ -107,6 +107,17 @@ def _default(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_layout(parser: argparse.ArgumentParser, splits_help: str) -> None:
+    """Options naming an LLP root's splits, feature folders and sizes (``check``, ``pack``)."""
+    parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
+                        help=splits_help)
+    for modality in ("audio", "visual", "motion"):
+        parser.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
+        parser.add_argument(f"--{modality}-dim", type=int, default=FEATURE_DIMS[modality],
+                            help=f"{modality} feature size")
+    parser.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``avvp-data`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -140,13 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="list every problem of an LLP root (exit 1 if any)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     check.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
-    check.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
-                       help="splits whose videos and features to check")
-    for modality in ("audio", "visual", "motion"):
-        check.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
-        check.add_argument(f"--{modality}-dim", type=int, default=FEATURE_DIMS[modality],
-                           help=f"{modality} feature size")
-    check.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
+    add_layout(check, "splits whose videos and features to check")
     check.set_defaults(func=_check)
 
     pack = commands.add_parser("pack", help="pack an LLP root into one array per split and feature kind "
@@ -155,13 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
     pack.add_argument("--out", default=None, help=f"store folder; None: ROOT/{DEFAULT_STORE_DIR}")
     pack.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
-    pack.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
-                      help="splits to pack")
-    for modality in ("audio", "visual", "motion"):
-        pack.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
-        pack.add_argument(f"--{modality}-dim", type=int, default=FEATURE_DIMS[modality],
-                          help=f"{modality} feature size")
-    pack.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
+    add_layout(pack, "splits to pack")
     pack.set_defaults(func=_pack)
 
     default = commands.add_parser("default", help="print the embedded default dataset's folder (generated if needed)",

@@ -40,7 +40,7 @@ import numpy as np
 from avvp_lightning.data.llp import (
     DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, raise_problems, read_llp,
 )
-from avvp_lightning.data.synthetic import _atomic_folder
+from avvp_lightning.data.synthetic import atomic_folder
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import NUM_SEGMENTS
 
@@ -172,7 +172,7 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
                              "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "options": options, "fingerprint": before, "splits": {}}
     problems: list[str] = []
-    with _atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite) as tmp:
         for split in splits:  # one split in memory at a time
             data = read_llp(root, [split], audio_dir=audio_dir, visual_dir=visual_dir, motion_dir=motion_dir,
                             audio_dim=audio_dim, visual_dim=visual_dim, motion_dim=motion_dim,

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -264,7 +263,7 @@ def _check_sizes(counts: dict[str, int], dims: dict[str, int]) -> None:
 
 
 @contextmanager
-def _atomic_folder(root: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_folder(root: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds."""
     root = Path(root).absolute()
     if root.exists() and not (root.is_dir() and not any(root.iterdir())) and not overwrite:
@@ -318,7 +317,7 @@ def generate_llp(root: str | Path, *, num_train: int = 600, num_val: int = 100, 
     ids = _video_ids(rng, n)
     filenames = _filenames(rng, ids)
     amp_a, amp_v, classes = _sample_events(rng, n, num_segments)  # (N, T, C) each
-    with _atomic_folder(Path(root), overwrite) as tmp:
+    with atomic_folder(Path(root), overwrite) as tmp:
         bounds = np.cumsum([0, num_train, num_val, num_test])
         for (split, file), lo, hi in zip(SPLIT_FILES.items(), bounds[:-1], bounds[1:]):
             _write_list(tmp / file, filenames[lo:hi], classes[lo:hi])
@@ -350,7 +349,7 @@ def generate_snippets(root: str | Path, *, num_videos: int = 800, seed: int = 0,
     ids = _video_ids(rng, num_videos)
     filenames = _filenames(rng, ids)
     amp_a, amp_v, classes = _sample_events(rng, num_videos, num_segments)
-    with _atomic_folder(Path(root), overwrite) as tmp:
+    with atomic_folder(Path(root), overwrite) as tmp:
         _write_list(tmp / "snippets.csv", filenames, classes)
         _write_features(tmp, world, rng, ids, amp_a, amp_v, frames_per_segment)
         (tmp / "synthetic.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **params}, indent=2))
