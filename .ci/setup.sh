@@ -11,9 +11,9 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     pip install "torch>=2.4"
   else
-    # A CPU wheel on local disk (pip's configured find-links) where the machine has one,
-    # else PyTorch's CPU index.
-    pip install --no-index "torch==2.13.0+cpu" 2>/dev/null \
+    # A CPU wheel on local disk (pip's configured find-links) where the machine has one
+    # (its dependencies from the configured indexes), else PyTorch's CPU index.
+    pip install "torch==2.13.0+cpu" 2>/dev/null \
       || pip install "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
