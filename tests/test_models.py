@@ -297,3 +297,55 @@ def test_invalid_configuration_and_shapes():
         model(audio, visual, motion[:, :, :100])
     with pytest.raises(DataError, match="'motion'"):
         model(audio, visual)
+
+
+# ----------------------------------------------------------------------------------- dropout
+def test_dropout_keeps_one_minus_p_and_rescales() -> None:
+    from avvp_lightning.models.dropout import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_001)  # odd: the last 64-bit draw is half used
+    for p in (0.1, 0.5, 0.9):
+        y = dropout(x, p)
+        kept = y != 0
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / x.numel()) ** 0.5
+        assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    assert torch.equal(dropout(x, 0.0), x) and torch.equal(dropout(x, 0.3, training=False), x)
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    with pytest.raises(ValueError):
+        dropout(x, 1.5)
+
+
+def test_dropout_is_seeded_dtype_preserving_and_differentiable() -> None:
+    from avvp_lightning.models.dropout import Dropout, dropout
+
+    x = torch.randn(4, 10, 8, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    a = dropout(x, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout(x, 0.2)) and a.dtype == torch.bfloat16
+    w = torch.randn(6, 7, requires_grad=True)
+    torch.manual_seed(5)
+    out = dropout(w, 0.3)
+    out.sum().backward()
+    assert torch.allclose(w.grad, (out != 0).float() / 0.7)  # gradient = the mask, rescaled
+    module = Dropout(0.25)
+    assert "p=0.25" in repr(module)
+    module.eval()
+    assert torch.equal(module(x), x)
+
+
+def test_attention_cpu_core_equals_the_fused_kernel() -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, num_heads=4, dropout=0.1).eval()
+    x, y = torch.randn(3, 10, 16), torch.randn(3, 10, 16)
+    q, k = attn.queries_keys(x, y)
+    v = attn._split(attn.v_proj(y))
+    fused = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(3, 10, 16)
+    torch.testing.assert_close(attn(x, y), attn.out_proj(fused), rtol=1e-5, atol=1e-6)
+    attn.train()  # dropout on the weights: each output row is a partial mix of the values
+    torch.manual_seed(1)
+    assert not torch.allclose(attn(x, y), attn.out_proj(fused))

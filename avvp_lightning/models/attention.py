@@ -9,7 +9,9 @@ vector per query position. They differ only in how queries and keys are formed:
   "Context-Aware Self-Attention Networks" (AAAI 2019), as used by the seed paper (GCAA).
 
 Values are projected the same way in both, and the attention core is
-:func:`torch.nn.functional.scaled_dot_product_attention`. Self-attention is
+``softmax(q k^T / sqrt(hd))``, dropout on the weights, times ``v``: written out on the CPU
+(about twice as fast as the fused kernel there at T = 10),
+:func:`torch.nn.functional.scaled_dot_product_attention` elsewhere. Self-attention is
 ``attn(x, x)``; cross-modal attention is ``attn(x, other)``.
 """
 
@@ -20,6 +22,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from avvp_lightning.models.dropout import dropout
 
 AttentionKind = Literal["mha", "gcaa"]
 
@@ -77,7 +81,11 @@ class MultiHeadAttention(nn.Module):
         q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
         v = self._split(self.v_proj(key))  # (B, nh, Tk, hd)
         drop = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, Tq, hd)
+        if q.device.type == "cpu":  # T is 10: the plain product is ~2x faster than SDPA here
+            weights = torch.softmax((q @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)
+            out = dropout(weights, drop) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, Tq, hd)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)  # (B, Tq, dim)
         return self.out_proj(out)
 
@@ -129,11 +137,13 @@ class GlobalContextAttention(MultiHeadAttention):
         """
         local = self._split(proj(x))  # (B, nh, T, hd)
         ctx = self._split(context(x.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
+        # The gate logits are per-head dot products, done as matrix products so that no
+        # (B, nh, T, hd) temporaries are made; lerp is (1 - gate) * local + gate * ctx in one op.
         gate = torch.sigmoid(
-            (local * gate_x[:, None, :]).sum(-1, keepdim=True)  # (B, nh, T, 1)
-            + (ctx * gate_c[:, None, :]).sum(-1, keepdim=True)  # (B, nh, 1, 1)
+            local @ gate_x[:, :, None]  # (B, nh, T, 1)
+            + ctx @ gate_c[:, :, None]  # (B, nh, 1, 1)
         )  # (B, nh, T, 1)
-        return (1.0 - gate) * local + gate * ctx  # (B, nh, T, hd)
+        return torch.lerp(local, ctx, gate.to(local.dtype))  # (B, nh, T, hd)
 
     def queries_keys(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
         """Context-aware queries ``q^`` and keys ``k^``, each (B, heads, T, head_dim)."""

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from avvp_lightning.errors import DataError
 from avvp_lightning.models.attention import AttentionKind, build_attention
 from avvp_lightning.models.discriminator import ModalityDiscriminator, grad_reverse
+from avvp_lightning.models.dropout import Dropout
 
 
 def _other(x: Tensor) -> Tensor:
@@ -58,11 +59,11 @@ class HANLayer(nn.Module):
         self.self_attn = build_attention(attention, dim, num_heads, dropout)
         self.cross_attn = build_attention(attention, dim, num_heads, dropout)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+            nn.Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ffn_dim, dim)
         )
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map stacked [audio; visual] (2B, T, H) to the same shape."""
@@ -115,11 +116,11 @@ class BaseLayer(nn.Module):
         self.cross_attn = build_attention(attention, dim, num_heads, dropout)
         self.cross_norm = nn.LayerNorm(dim)
         self.shared = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+            nn.Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ffn_dim, dim)
         )
         self.shared_norm = nn.LayerNorm(dim)
         self.skip_norm = nn.ModuleList([nn.LayerNorm(dim) for _ in range(2)]) if skip else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map stacked [audio; visual] (2B, T, H) to the same shape."""
