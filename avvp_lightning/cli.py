@@ -12,6 +12,9 @@ grounding) imports this module. What it adds to a plain ``LightningCLI``:
   resolved config, test outputs); ``--ckpt_path best|last`` resolve inside that folder.
 * Loggers: a CSV logger always, plus W&B, offline unless ``WANDB_MODE=online`` (or
   ``--run.wandb online``); ``WANDB_MODE=disabled`` turns it off. W&B never prompts.
+* Precision (where the stage opts in, ``auto_precision``): an unset ``--trainer.precision``
+  becomes ``bf16-mixed`` on hardware that runs bfloat16 natively (a CUDA GPU with bf16, a CPU
+  with AVX512-BF16 or AMX), else ``32-true``; the choice is printed and saved with the config.
 * Reliability: checkpoints are saved atomically and carry the RNG states (a run resumed with
   ``--ckpt_path last`` repeats the uninterrupted one exactly); a checkpoint is checked against
   the configured model before anything runs; every subcommand records its seed, resolved config,
@@ -36,12 +39,39 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_info
 
 from avvp_lightning import runinfo
 from avvp_lightning.checkpointing import AtomicCheckpointIO, RngStateCallback, check_checkpoint
 from avvp_lightning.errors import DataError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def native_bf16(accelerator: str) -> bool:
+    """Whether the device ``accelerator`` picks runs bfloat16 natively (not emulated).
+
+    CUDA: ``torch.cuda.is_bf16_supported`` without emulation (compute capability 8.0+). CPU:
+    the AVX512-BF16 or AMX-BF16 instructions. Anything else (MPS, ...): False.
+    """
+    import torch
+
+    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch: no emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+    if accelerator not in ("auto", "cpu"):
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(check is not None for check in checks):
+        return any(check() for check in checks)
+    try:  # torch without those probes: the kernel's CPU flags (Linux)
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def config_dir(stage: str) -> Path:
@@ -131,6 +161,7 @@ class AVVPCLI(LightningCLI):
     description: str = ""
     monitor: str = ""  # logged value that picks best.ckpt
     monitor_mode: str = "max"
+    auto_precision: bool = False  # unset --trainer.precision -> bf16-mixed where native, else 32-true
 
     def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
         if args is None:
@@ -190,6 +221,10 @@ class AVVPCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
+        if self.auto_precision and cfg.trainer.precision is None:
+            accelerator = cfg.trainer.accelerator
+            cfg.trainer.precision = "bf16-mixed" if isinstance(accelerator, str) and native_bf16(accelerator) else "32-true"
+            rank_zero_info(f"precision: {cfg.trainer.precision} (auto; --trainer.precision overrides)")
         ckpt = cfg.get("ckpt_path")
         if ckpt in ("best", "last"):
             path = Path(cfg.trainer.default_root_dir) / "checkpoints" / f"{ckpt}.ckpt"

@@ -21,6 +21,7 @@ from avvp_lightning.finetune.module import ParserModule
 class FinetuneCLI(AVVPCLI):
     stage = "finetune"
     monitor, monitor_mode = "val/segment/type", "max"  # best validation segment Type@AV, as HAN
+    auto_precision = True  # bf16-mixed where native: same test metrics within seed noise (benchmarks/README.md)
     description = "Train and evaluate audio-visual video parsers on LLP (weak labels) with exact HAN metrics."
 
     def add_arguments_to_parser(self, parser: Any) -> None:
