@@ -86,19 +86,24 @@ class ParserModule(pl.LightningModule):
         self.val_metrics = AVVPMetrics()  # one instance per stage: states never mix
         self.test_metrics = AVVPMetrics()
         self._outputs: dict[str, list] = {}
+        self._total_steps: Optional[int] = None  # training steps of the whole fit, for the GRL schedule
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], grl_alpha: float = 1.0) -> dict[str, torch.Tensor]:
         return self.parser(batch["audio"], batch["visual"], batch["motion"], grl_alpha=grl_alpha)
 
+    def on_train_start(self) -> None:
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)  # once, not every step
+
     def grl_alpha(self) -> float:
         """DANN strength for the current step (0 -> 1 over the whole training)."""
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self._total_steps or max(int(self.trainer.estimated_stepping_batches), 1)
         return dann_alpha(self.global_step / total, gamma=self.hparams.grl_gamma)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
-        out = _float32(self(batch, grl_alpha=alpha))
+        out = self(batch, grl_alpha=alpha)
+        out = _float32({k: out[k] for k in ("video_prob", "audio_prob", "visual_prob", "modality_logit")})
         with _no_autocast(self.device):  # BCE on clamped probabilities: float32 (banned under CUDA autocast)
             losses = parser_loss(
                 out, batch["label"].float(), lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
