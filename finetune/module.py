@@ -48,7 +48,8 @@ class ParserModule(pl.LightningModule):
         output_dir: Where ``test``/``predict`` write metrics and prediction CSVs;
             default ``<run folder>/test`` or ``<run folder>/predict``.
 
-    Under mixed precision (``--trainer.precision bf16-mixed``) the parser runs in bfloat16 while
+    Under mixed precision (``bf16-mixed``: ``avvp-finetune``'s default where the hardware runs
+    bfloat16 natively, else ``32-true``; ``--trainer.precision`` overrides) the parser runs in bfloat16 while
     the loss (BCE on clamped probabilities) runs in float32 outside autocast; the metrics take
     the 0/1 decisions and are exact under autocast.
     """
