@@ -13,8 +13,9 @@ grounding) imports this module. What it adds to a plain ``LightningCLI``:
 * Loggers: a CSV logger always, plus W&B, offline unless ``WANDB_MODE=online`` (or
   ``--run.wandb online``); ``WANDB_MODE=disabled`` turns it off. W&B never prompts.
 * Precision (where the stage opts in, ``auto_precision``): an unset ``--trainer.precision``
-  becomes ``bf16-mixed`` on hardware that runs bfloat16 natively (a CUDA GPU with bf16, a CPU
-  with AVX512-BF16 or AMX), else ``32-true``; the choice is printed and saved with the config.
+  becomes ``bf16-mixed`` for ``fit`` on hardware that runs bfloat16 natively (a CUDA GPU with
+  bf16, a CPU with AVX512-BF16 or AMX), else ``32-true``; evaluation subcommands stay in
+  ``32-true``. The choice is printed and saved with the config.
 * Reliability: checkpoints are saved atomically and carry the RNG states (a run resumed with
   ``--ckpt_path last`` repeats the uninterrupted one exactly); a checkpoint is checked against
   the configured model before anything runs; every subcommand records its seed, resolved config,
@@ -34,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from lightning_fabric.accelerators.cuda import num_cuda_devices
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningCLI, SaveConfigCallback
@@ -56,7 +58,7 @@ def native_bf16(accelerator: str) -> bool:
     """
     import torch
 
-    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    use_cuda = accelerator in ("auto", "gpu", "cuda") and num_cuda_devices() > 0  # NVML: no CUDA init
     if use_cuda:
         try:
             return bool(torch.cuda.is_bf16_supported(including_emulation=False))
@@ -222,8 +224,7 @@ class AVVPCLI(LightningCLI):
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
         if self.auto_precision and cfg.trainer.precision is None:
-            accelerator = cfg.trainer.accelerator
-            cfg.trainer.precision = "bf16-mixed" if isinstance(accelerator, str) and native_bf16(accelerator) else "32-true"
+            cfg.trainer.precision = self.auto_precision_choice(cfg.trainer.accelerator, cfg.trainer.strategy)
             rank_zero_info(f"precision: {cfg.trainer.precision} (auto; --trainer.precision overrides)")
         ckpt = cfg.get("ckpt_path")
         if ckpt in ("best", "last"):
@@ -236,6 +237,20 @@ class AVVPCLI(LightningCLI):
             else:
                 raise DataError(f"--ckpt_path {ckpt}: {path} does not exist (train first with the same "
                                 "--config/--run.name/--seed_everything, or give a checkpoint path).")
+
+    def auto_precision_choice(self, accelerator: Any, strategy: Any) -> str:
+        """``bf16-mixed`` for ``fit`` on native-bf16 hardware, else ``32-true``.
+
+        Evaluation (validate, test, predict) stays in float32, so reported numbers do not depend
+        on the hardware. Fork-based strategies (``ddp_fork``, ``ddp_notebook``) are not probed
+        for CUDA, which would initialise it before the fork.
+        """
+        if self.subcommand != "fit" or not isinstance(accelerator, str):
+            return "32-true"
+        forks = isinstance(strategy, str) and ("fork" in strategy or "notebook" in strategy)
+        if forks and accelerator in ("auto", "gpu", "cuda") and num_cuda_devices() > 0:
+            return "32-true"
+        return "bf16-mixed" if native_bf16(accelerator) else "32-true"
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})

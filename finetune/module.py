@@ -48,10 +48,10 @@ class ParserModule(pl.LightningModule):
         output_dir: Where ``test``/``predict`` write metrics and prediction CSVs;
             default ``<run folder>/test`` or ``<run folder>/predict``.
 
-    Under mixed precision (``bf16-mixed``: ``avvp-finetune``'s default where the hardware runs
-    bfloat16 natively, else ``32-true``; ``--trainer.precision`` overrides) the parser runs in bfloat16 while
-    the loss (BCE on clamped probabilities) runs in float32 outside autocast; the metrics take
-    the 0/1 decisions and are exact under autocast.
+    Under mixed precision (``bf16-mixed``: ``avvp-finetune fit``'s default where the hardware
+    runs bfloat16 natively, else ``32-true``; ``--trainer.precision`` overrides) the parser's
+    training forward runs in bfloat16 while the loss (BCE on clamped probabilities) runs in
+    float32 outside autocast. Validation, test and predict always run the parser in float32.
     """
 
     def __init__(
@@ -88,6 +88,7 @@ class ParserModule(pl.LightningModule):
         self.test_metrics = AVVPMetrics()
         self._outputs: dict[str, list] = {}
         self._total_steps: Optional[int] = None  # training steps of the whole fit, for the GRL schedule
+        self._step_logs: Optional[tuple[dict[str, torch.Tensor], float, int]] = None  # the last step's losses
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], grl_alpha: float = 1.0) -> dict[str, torch.Tensor]:
@@ -110,30 +111,36 @@ class ParserModule(pl.LightningModule):
                 out, batch["label"].float(), lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
                 audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
             )
-        if self._logs_this_step():
-            bs = batch["label"].shape[0]
-            self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs, prog_bar=False)
-            self.log("train/loss", losses["total"], batch_size=bs, prog_bar=True)
-            if self.hparams.adversarial:
-                self.log("train/grl_alpha", alpha, batch_size=bs)
+        self._step_logs = ({k: v.detach() for k, v in losses.items()}, alpha, batch["label"].shape[0])
         return losses["total"]
 
-    def _logs_this_step(self) -> bool:
-        """Whether Lightning writes this training step's logs (every ``log_every_n_steps`` steps).
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log the step's losses when Lightning writes this step's logs.
 
-        Step-level values logged on other steps are never written, and each ``self.log`` call
-        costs Lightning 2.x about 1-2 ms of CPU (it moves its result record to the value's
-        device), a few % of a training step on the CPU and more on a GPU. The progress bar's
-        loss is then refreshed at the same rate.
+        That is every ``log_every_n_steps`` steps, on the step that stops training, and every
+        step of ``fast_dev_run``: step-level values logged on other steps are never written, and
+        each ``self.log`` call costs Lightning 2.x about 1-2 ms of CPU (it moves its result
+        record to the value's device), a few % of a training step on the CPU and more on a GPU.
+        The progress bar's loss is refreshed at the same rate, and callbacks see ``train/*``
+        only on those steps.
         """
         trainer = self.trainer
         connector = getattr(trainer, "_logger_connector", None)  # Lightning's own test for it
-        return bool(trainer.fast_dev_run) or connector is None or bool(connector.should_update_logs)
+        if not (trainer.fast_dev_run or connector is None or connector.should_update_logs):
+            return
+        losses, alpha, bs = self._step_logs
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs, prog_bar=False)
+        self.log("train/loss", losses["total"], batch_size=bs, prog_bar=True)
+        if self.hparams.adversarial:
+            self.log("train/grl_alpha", alpha, batch_size=bs)
 
     # ---------------------------------------------------------------- evaluation
     def _decide(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        # Never uses batch["label"]: val/test weak labels must not reach the model.
-        out = _float32(self(batch))
+        # Never uses batch["label"]: val/test weak labels must not reach the model. Float32 even
+        # when training is mixed precision, so that validation in fit, validate and test give the
+        # same decisions for the same weights on any hardware.
+        with _no_autocast(self.device):
+            out = _float32(self(batch))
         seg = out["segment_prob"]  # (B, T, 2, C)
         pred_a, pred_v = decide(seg[:, :, 0], seg[:, :, 1], out["video_prob"], threshold=self.hparams.threshold)
         return out, pred_a, pred_v  # preds (B, T, C)

@@ -101,18 +101,20 @@ def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_pat
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
 
 
-def _precision(run_dir: Path) -> str:
-    return json.loads((run_dir / "run.json").read_text())["fit"]["config"]["trainer"]["precision"]
+def _precision(run_dir: Path, subcommand: str = "fit") -> str:
+    return json.loads((run_dir / "run.json").read_text())[subcommand]["config"]["trainer"]["precision"]
 
 
 def test_precision_is_auto_unless_given(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import avvp_lightning.cli as cli
 
     run_dir = tmp_path / "base_adv_skip_gcaa" / "seed0"
-    for native, want in ((True, "bf16-mixed"), (False, "32-true")):
+    for native, want in ((False, "32-true"), (True, "bf16-mixed")):
         monkeypatch.setattr(cli, "native_bf16", lambda accelerator, native=native: native)
-        main(["fit", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
+        main(["fit", *small_args(tiny_root, tmp_path), "--trainer.max_epochs=1"])
         assert _precision(run_dir) == want
+    main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "last"])
+    assert _precision(run_dir, "test") == "32-true"  # evaluation stays in float32 on any hardware
     main(["fit", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true", "--trainer.precision", "32-true"])
     assert _precision(run_dir) == "32-true"  # given: kept, even where bf16 is native
 
@@ -120,7 +122,9 @@ def test_precision_is_auto_unless_given(tiny_root: Path, tmp_path: Path, monkeyp
 def test_native_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     from avvp_lightning.cli import native_bf16
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    import avvp_lightning.cli as cli
+
+    monkeypatch.setattr(cli, "num_cuda_devices", lambda: 0)
     for avx512_bf16, amx in ((False, False), (True, False), (False, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)

@@ -313,6 +313,7 @@ def test_dropout_keeps_one_minus_p_and_rescales() -> None:
         assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
     assert torch.equal(dropout(x, 0.0), x) and torch.equal(dropout(x, 0.3, training=False), x)
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    assert torch.equal(dropout(x, 1 - 2**-40), torch.zeros_like(x))  # rounds to "all dropped"
     with pytest.raises(ValueError):
         dropout(x, 1.5)
 

@@ -82,7 +82,8 @@ class MultiHeadAttention(nn.Module):
         v = self._split(self.v_proj(key))  # (B, nh, Tk, hd)
         drop = self.dropout if self.training else 0.0
         if q.device.type == "cpu":  # T is 10: the plain product is ~2x faster than SDPA here
-            weights = torch.softmax((q @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)
+            scores = (q @ k.transpose(-1, -2)).float() * self.head_dim**-0.5  # (B, nh, Tq, Tk)
+            weights = torch.softmax(scores, dim=-1)  # float32, as SDPA's, also under autocast
             out = dropout(weights, drop) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hd)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, Tq, hd)
@@ -137,13 +138,11 @@ class GlobalContextAttention(MultiHeadAttention):
         """
         local = self._split(proj(x))  # (B, nh, T, hd)
         ctx = self._split(context(x.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
-        # The gate logits are per-head dot products, done as matrix products so that no
-        # (B, nh, T, hd) temporaries are made; lerp is (1 - gate) * local + gate * ctx in one op.
-        gate = torch.sigmoid(
-            local @ gate_x[:, :, None]  # (B, nh, T, 1)
-            + ctx @ gate_c[:, :, None]  # (B, nh, 1, 1)
+        gate = torch.sigmoid(  # float32 gate parameters: float32 under autocast too
+            (local * gate_x[:, None, :]).sum(-1, keepdim=True)  # (B, nh, T, 1)
+            + (ctx * gate_c[:, None, :]).sum(-1, keepdim=True)  # (B, nh, 1, 1)
         )  # (B, nh, T, 1)
-        return torch.lerp(local, ctx, gate.to(local.dtype))  # (B, nh, T, hd)
+        return (1.0 - gate) * local + gate * ctx  # (B, nh, T, hd)
 
     def queries_keys(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
         """Context-aware queries ``q^`` and keys ``k^``, each (B, heads, T, head_dim)."""

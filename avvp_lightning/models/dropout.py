@@ -36,13 +36,14 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0:
-        return F.dropout(x, p, training=True)
+    dropped = round(p * 2**32)  # of the 2**32 values of a 32-bit integer, this many drop
+    if x.device.type != "cpu" or dropped >= 2**32:  # (p within 2**-33 of 1: all dropped)
+        return F.dropout(x, 1.0 if dropped >= 2**32 else p, training=True)
     n = x.numel()
     seed = int(torch.randint(0, 2**63 - 1, ()))  # from torch's seeded default generator
     bits = np.random.SFC64(seed).random_raw((n + 1) // 2)  # (ceil(n / 2),) uint64
     uniform = torch.from_numpy(bits.view(np.int32)[:n]).view(x.shape)  # uniform over [-2**31, 2**31)
-    threshold = -(2**31) + round(p * 2**32)
+    threshold = -(2**31) + dropped
     scale = torch.full((), 1.0 / (1.0 - p), dtype=x.dtype)
     mask = torch.where(uniform >= threshold, scale, torch.zeros((), dtype=x.dtype))  # like x
     return x * mask
