@@ -88,7 +88,6 @@ class ParserModule(pl.LightningModule):
         self.test_metrics = AVVPMetrics()
         self._outputs: dict[str, list] = {}
         self._total_steps: Optional[int] = None  # training steps of the whole fit, for the GRL schedule
-        self._step_logs: Optional[tuple[dict[str, torch.Tensor], float, int]] = None  # the last step's losses
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], grl_alpha: float = 1.0) -> dict[str, torch.Tensor]:
@@ -102,7 +101,7 @@ class ParserModule(pl.LightningModule):
         total = self._total_steps or max(int(self.trainer.estimated_stepping_batches), 1)
         return dann_alpha(self.global_step / total, gamma=self.hparams.grl_gamma)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
         out = self(batch, grl_alpha=alpha)
         out = _float32({k: out[k] for k in ("video_prob", "audio_prob", "visual_prob", "modality_logit")})
@@ -111,10 +110,11 @@ class ParserModule(pl.LightningModule):
                 out, batch["label"].float(), lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
                 audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
             )
-        self._step_logs = ({k: v.detach() for k, v in losses.items()}, alpha, batch["label"].shape[0])
-        return losses["total"]
+        # The extra keys reach on_train_batch_end as its ``outputs``, which logs them.
+        losses = {k: v.detach() for k, v in losses.items()} | {"loss": losses["total"]}
+        return {**losses, "grl_alpha": alpha, "batch_size": batch["label"].shape[0]}
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
         """Log the step's losses when Lightning writes this step's logs.
 
         That is every ``log_every_n_steps`` steps, on the step that stops training, and every
@@ -128,11 +128,12 @@ class ParserModule(pl.LightningModule):
         connector = getattr(trainer, "_logger_connector", None)  # Lightning's own test for it
         if not (trainer.fast_dev_run or connector is None or connector.should_update_logs):
             return
-        losses, alpha, bs = self._step_logs
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs, prog_bar=False)
-        self.log("train/loss", losses["total"], batch_size=bs, prog_bar=True)
+        bs = outputs["batch_size"]
+        losses = {f"train/{k}": outputs[k] for k in ("total", "wsl", "guided", "adv")}
+        self.log_dict(losses, batch_size=bs, prog_bar=False)
+        self.log("train/loss", outputs["total"], batch_size=bs, prog_bar=True)
         if self.hparams.adversarial:
-            self.log("train/grl_alpha", alpha, batch_size=bs)
+            self.log("train/grl_alpha", outputs["grl_alpha"], batch_size=bs)
 
     # ---------------------------------------------------------------- evaluation
     def _decide(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
