@@ -99,6 +99,60 @@ def test_gcaa_matches_hand_computation(heads):
     assert torch.allclose(attn(query, key), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_gcaa_expanded_scores_equal_the_gated_form(heads: int) -> None:
+    """The CPU path's scores (expanded, no q^/k^ formed) equal q^ k^T, values and gradients."""
+    torch.manual_seed(0)
+    attn = GlobalContextAttention(8, num_heads=heads, dropout=0.0).double()
+    query = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)  # Tq = 4
+    key = torch.randn(3, 6, 8, dtype=torch.float64, requires_grad=True)  # Tk = 6
+    weights = torch.randn(3, heads, 4, 6, dtype=torch.float64)  # a fixed linear read-out
+
+    def grads(scores: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad((scores * weights).sum(), [query, key, *attn.parameters()], allow_unused=True)
+
+    q, k = attn.queries_keys(query, key)  # (B, nh, T, hd) gated
+    gated = q @ k.transpose(-1, -2)  # (B, nh, Tq, Tk)
+    expanded = attn.scores(query, key)
+    torch.testing.assert_close(expanded, gated, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads(attn.scores(query, key)), grads(gated)):
+        if want is None:  # v_proj, out_proj: not in the scores
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_gcaa_expanded_scores_under_bf16_autocast_are_as_close_as_the_gated_form() -> None:
+    """Under bf16 autocast both forms round; the expanded one is no further from float64."""
+    torch.manual_seed(1)
+    attn = GlobalContextAttention(64, num_heads=1, dropout=0.0)
+    query, key = torch.randn(16, 10, 64), torch.randn(16, 10, 64)
+    with torch.no_grad():
+        exact = attn.double().scores(query.double(), key.double())
+        attn.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expanded = attn.scores(query, key)
+            gated = MultiHeadAttention.scores(attn, query, key)  # q^ k^T of the gated q^, k^
+    assert expanded.dtype == gated.dtype == torch.float32
+    err_expanded = (expanded.double() - exact).abs().max()
+    err_gated = (gated.double() - exact).abs().max()
+    assert err_expanded <= 1.1 * err_gated
+    assert err_expanded < 0.05 * exact.abs().max()
+
+
+@pytest.mark.parametrize("cls", [MultiHeadAttention, GlobalContextAttention])
+def test_attention_runs_in_a_bf16_model(cls) -> None:
+    """A model cast to bf16 (Lightning's bf16-true) runs the CPU core and stays close to fp32."""
+    torch.manual_seed(2)
+    attn = cls(32, num_heads=2, dropout=0.1).eval()
+    x, y = torch.randn(4, 10, 32), torch.randn(4, 10, 32)
+    want = attn(x, y)
+    got = attn.bfloat16()(x.bfloat16(), y.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+    attn.train()(x.bfloat16(), y.bfloat16()).float().sum().backward()  # training step too
+
+
 def test_mha_matches_torch_multihead_attention():
     torch.manual_seed(1)
     ours = MultiHeadAttention(8, num_heads=2, dropout=0.0).eval()

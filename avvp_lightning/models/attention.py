@@ -11,8 +11,10 @@ vector per query position. They differ only in how queries and keys are formed:
 Values are projected the same way in both, and the attention core is
 ``softmax(q k^T / sqrt(hd))``, dropout on the weights, times ``v``: written out on the CPU
 (about twice as fast as the fused kernel there at T = 10),
-:func:`torch.nn.functional.scaled_dot_product_attention` elsewhere. Self-attention is
-``attn(x, x)``; cross-modal attention is ``attn(x, other)``.
+:func:`torch.nn.functional.scaled_dot_product_attention` elsewhere. On the CPU, GCAA's scores
+``q^ k^T`` are expanded into products of the plain projections and the contexts, so that the
+full-size gated queries and keys are never formed (see :meth:`GlobalContextAttention.scores`).
+Self-attention is ``attn(x, x)``; cross-modal attention is ``attn(x, other)``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from torch import Tensor, nn
 from avvp_lightning.models.dropout import dropout
 
 AttentionKind = Literal["mha", "gcaa"]
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for 16-bit floats (autocast), else the dtype itself (float32, float64)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class MultiHeadAttention(nn.Module):
@@ -78,17 +85,31 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, Tq, dim) attention output after the output projection.
         """
-        q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
         v = self._split(self.v_proj(key))  # (B, nh, Tk, hd)
         drop = self.dropout if self.training else 0.0
-        if q.device.type == "cpu":  # T is 10: the plain product is ~2x faster than SDPA here
-            scores = (q @ k.transpose(-1, -2)).float() * self.head_dim**-0.5  # (B, nh, Tq, Tk)
+        if query.device.type == "cpu":  # T is 10: the plain product is ~2x faster than SDPA here
+            scores = self.scores(query, key) * self.head_dim**-0.5  # (B, nh, Tq, Tk) float32
             weights = torch.softmax(scores, dim=-1)  # float32, as SDPA's, also under autocast
-            out = dropout(weights, drop) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hd)
+            out = dropout(weights, drop).to(v.dtype) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hd)
         else:
+            q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, Tq, hd)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)  # (B, Tq, dim)
         return self.out_proj(out)
+
+    def scores(self, query: Tensor, key: Tensor) -> Tensor:
+        """Unscaled attention scores ``q k^T`` in float32 (the CPU path).
+
+        Args:
+            query: (B, Tq, dim) query sequence.
+            key: (B, Tk, dim) key sequence.
+
+        Returns:
+            (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model); the product
+            itself runs in the autocast dtype.
+        """
+        q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
+        return (q @ k.transpose(-1, -2)).to(_at_least_float32(q.dtype))  # (B, nh, Tq, Tk)
 
 
 class GlobalContextAttention(MultiHeadAttention):
@@ -143,6 +164,53 @@ class GlobalContextAttention(MultiHeadAttention):
             + (ctx * gate_c[:, None, :]).sum(-1, keepdim=True)  # (B, nh, 1, 1)
         )  # (B, nh, T, 1)
         return (1.0 - gate) * local + gate * ctx  # (B, nh, T, hd)
+
+    def scores(self, query: Tensor, key: Tensor) -> Tensor:
+        """Unscaled scores ``q^ k^T`` in float32, without forming ``q^`` and ``k^`` (the CPU path).
+
+        With ``q^_t = (1 - a_t) q_t + a_t q_c`` and ``k^_s = (1 - b_s) k_s + b_s k_c``::
+
+            q^_t . k^_s = (1-a_t)(1-b_s) q_t.k_s + (1-a_t) b_s q_t.k_c
+                          + a_t (1-b_s) q_c.k_s + a_t b_s q_c.k_c
+
+        The only full-size work left is ``q k^T`` (in the autocast dtype, as the product of
+        ``q^`` and ``k^`` was) and one float32 product per sequence with two columns: its
+        gate vector and the other sequence's context. Everything else is (Tq, Tk)-sized. The
+        gated form made full-size float32 passes forward and backward and took about half of a
+        GCAA block's time on a 2-core CPU at batch 64 in bf16. Same function; the gates stay in
+        float32, and under autocast ``q`` and ``k`` enter the product as the linear layers
+        returned them instead of rounded again after gating.
+
+        Args:
+            query: (B, Tq, dim) query sequence.
+            key: (B, Tk, dim) key sequence.
+
+        Returns:
+            (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model).
+        """
+        batch, heads = query.shape[0], self.num_heads
+        q = self._split(self.q_proj(query))  # (B, nh, Tq, hd)
+        k = self._split(self.k_proj(key))  # (B, nh, Tk, hd)
+        q_c = self._split(self.q_context(query.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
+        k_c = self._split(self.k_context(key.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
+        dtype = _at_least_float32(q.dtype)
+        qk = (q @ k.transpose(-1, -2)).to(dtype)  # (B, nh, Tq, Tk)
+        with torch.autocast(query.device.type, enabled=False):  # float32 from here on
+            q32, k32 = q.to(dtype), k.to(dtype)  # (B, nh, T, hd)
+            qc32, kc32 = q_c.to(dtype), k_c.to(dtype)  # (B, nh, 1, hd)
+            gates = [g.to(dtype) for g in (self.q_gate_x, self.q_gate_c, self.k_gate_x, self.k_gate_c)]
+            q_gate_x, q_gate_c, k_gate_x, k_gate_c = (g[:, :, None] for g in gates)  # (nh, hd, 1) each
+            # q_t . [v_qx, k_c] and k_s . [v_kx, q_c]: (B, nh, T, 2)
+            q_side = q32 @ torch.cat([q_gate_x.expand(batch, -1, -1, -1), kc32.transpose(-1, -2)], -1)
+            k_side = k32 @ torch.cat([k_gate_x.expand(batch, -1, -1, -1), qc32.transpose(-1, -2)], -1)
+            a = torch.sigmoid(q_side[..., :1] + qc32 @ q_gate_c)  # (B, nh, Tq, 1)
+            b = torch.sigmoid(k_side[..., :1] + kc32 @ k_gate_c).transpose(-1, -2)  # (B, nh, 1, Tk)
+            q_kc = q_side[..., 1:]  # (B, nh, Tq, 1)
+            qc_k = k_side[..., 1:].transpose(-1, -2)  # (B, nh, 1, Tk)
+            qc_kc = qc32 @ kc32.transpose(-1, -2)  # (B, nh, 1, 1)
+            return (
+                ((1 - a) * (1 - b)) * qk + ((1 - a) * b) * q_kc + (a * (1 - b)) * qc_k + (a * b) * qc_kc
+            )  # (B, nh, Tq, Tk)
 
     def queries_keys(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
         """Context-aware queries ``q^`` and keys ``k^``, each (B, heads, T, head_dim)."""
