@@ -89,7 +89,7 @@ class MultiHeadAttention(nn.Module):
         drop = self.dropout if self.training else 0.0
         if query.device.type == "cpu":  # T is 10: the plain product is ~2x faster than SDPA here
             scores = self.scores(query, key) * self.head_dim**-0.5  # (B, nh, Tq, Tk) float32
-            weights = torch.softmax(scores, dim=-1)  # float32, as SDPA's, also under autocast
+            weights = torch.softmax(scores, dim=-1)  # float32 (or float64), as SDPA's, also under autocast
             out = dropout(weights, drop).to(v.dtype) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hd)
         else:
             q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
@@ -174,8 +174,9 @@ class GlobalContextAttention(MultiHeadAttention):
                           + a_t (1-b_s) q_c.k_s + a_t b_s q_c.k_c
 
         The only full-size work left is ``q k^T`` (in the autocast dtype, as the product of
-        ``q^`` and ``k^`` was) and one float32 product per sequence with two columns: its
-        gate vector and the other sequence's context. Everything else is (Tq, Tk)-sized. The
+        ``q^`` and ``k^`` was), a float32 copy of ``q`` and ``k`` under autocast, and one
+        float32 product per sequence with two columns: its gate vector and the other
+        sequence's context. Everything else is (Tq, Tk)-sized. The
         gated form made full-size float32 passes forward and backward and took about half of a
         GCAA block's time on a 2-core CPU at batch 64 in bf16. Same function; the gates stay in
         float32, and under autocast ``q`` and ``k`` enter the product as the linear layers
@@ -188,14 +189,14 @@ class GlobalContextAttention(MultiHeadAttention):
         Returns:
             (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model).
         """
-        batch, heads = query.shape[0], self.num_heads
+        batch = query.shape[0]
         q = self._split(self.q_proj(query))  # (B, nh, Tq, hd)
         k = self._split(self.k_proj(key))  # (B, nh, Tk, hd)
         q_c = self._split(self.q_context(query.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
         k_c = self._split(self.k_context(key.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
         dtype = _at_least_float32(q.dtype)
         qk = (q @ k.transpose(-1, -2)).to(dtype)  # (B, nh, Tq, Tk)
-        with torch.autocast(query.device.type, enabled=False):  # float32 from here on
+        with torch.autocast(query.device.type, enabled=False):  # float32 (float64) from here on
             q32, k32 = q.to(dtype), k.to(dtype)  # (B, nh, T, hd)
             qc32, kc32 = q_c.to(dtype), k_c.to(dtype)  # (B, nh, 1, hd)
             gates = [g.to(dtype) for g in (self.q_gate_x, self.q_gate_c, self.k_gate_x, self.k_gate_c)]
