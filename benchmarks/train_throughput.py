@@ -168,6 +168,13 @@ class Case:
         self.optimizer.step()
         return len(label)
 
+    def epoch_rate_apart(self) -> float:
+        """One timed epoch whose rate is returned but not added to ``rates`` (a paired measurement)."""
+        rate = self.epoch()
+        self.rates.pop()
+        self.epoch_s.pop()
+        return rate
+
     def warm_up(self, steps: int = 3) -> float:
         """A few untimed steps (compilation, allocator, caches); returns their duration."""
         start = time.perf_counter()
@@ -178,7 +185,8 @@ class Case:
         _sync(self.device)
         return time.perf_counter() - start
 
-    def epoch(self) -> None:
+    def epoch(self) -> float:
+        """One timed epoch; returns its videos/s (also appended to ``rates``)."""
         self.model.train()
         _sync(self.device)
         start, videos = time.perf_counter(), 0
@@ -188,6 +196,7 @@ class Case:
         seconds = time.perf_counter() - start
         self.rates.append(videos / seconds)
         self.epoch_s.append(seconds)
+        return self.rates[-1]
 
 
 def _sync(device: torch.device) -> None:
@@ -197,11 +206,17 @@ def _sync(device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------- avvp-finetune fit
 class EpochTimer(Callback):
-    """Videos per second of each training epoch (data and steps; validation excluded)."""
+    """Videos per second of each training epoch (data and steps; validation excluded).
 
-    def __init__(self) -> None:
+    After each timed epoch it runs ``paired()`` (one epoch of case A), so that every fit epoch
+    has a reference epoch next to it in time: on a shared machine the speed drifts by tens of
+    percent within minutes, far more than between neighbouring epochs.
+    """
+
+    def __init__(self, paired: Callable[[], float] | None = None) -> None:
         self.rates: list[float] = []
         self.epoch_s: list[float] = []
+        self.paired, self.paired_rates = paired, []
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         _sync(pl_module.device)
@@ -214,12 +229,15 @@ class EpochTimer(Callback):
             seconds = time.perf_counter() - self.start
             self.rates.append(self.videos / seconds)
             self.epoch_s.append(seconds)
+            if self.paired is not None and len(self.rates) > 1:  # not after the warm-up epoch
+                self.paired_rates.append(self.paired())
 
 
-def run_fit(root: Path, out: Path, device: torch.device, epochs: int, han: bool) -> EpochTimer:
+def run_fit(root: Path, out: Path, device: torch.device, epochs: int, han: bool,
+            paired: Callable[[], float] | None = None) -> EpochTimer:
     """``avvp-finetune fit`` (the real CLI, defaults.yaml first: fused Adam, bf16-mixed where native)
-    plus the timer; epoch 1 is warm-up."""
-    timer = EpochTimer()
+    plus the timer; epoch 1 is warm-up. ``paired`` runs after each timed epoch (see EpochTimer)."""
+    timer = EpochTimer(paired)
 
     class TimedCLI(FinetuneCLI):
         def stage_callbacks(self, run_dir: Path) -> list[Callback]:
@@ -374,9 +392,12 @@ def main(argv: list[str] | None = None) -> None:
             round_(f"{r + 1}/{opts.epochs}")
         fits = {}
         if not opts.skip_fit:
+            reference = cases[0]
+            paired = lambda: reference.epoch_rate_apart()  # noqa: E731  (A's epoch, kept out of A's rounds)
             for key, han in (("F", False), ("F-HAN", True)):
-                fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han)
-                print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s", flush=True)
+                fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired)
+                print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s; A right after each: "
+                      + ", ".join(f"{r:.0f}" for r in fits[key].paired_rates), flush=True)
             round_("after the fits")  # brackets the fits, so that load drifts hit both sides
 
         test_batches = ResidentBatches(data["test"].filenames, tensors["test"], 64, device=device)
@@ -410,7 +431,7 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
         print(f"{key:<7}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
               f"{r / rate['A']:>6.1f}x   {lo:.0f}-{hi:.0f}")
-    print("\nSpeed-ups")
+    print("\nSpeed-ups (paired: median over rounds of each ratio, with its range)")
     lines = [
         ("B / A", f"fast path vs reference, HAN's batch 16 fp32 (the target: >= 2x)"),
         ("B0 / A", "  of which the data path and pooling first"),
@@ -420,10 +441,22 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
         ("F / A", f"avvp-finetune fit, paper model and settings ({prec}), vs the reference at HAN's (>= 4x)"),
         ("F-HAN / A", f"avvp-finetune fit, HAN's model at batch 64 {prec}, vs the reference at HAN's"),
     ]
+    # Paired ratios: each round's (or each fit epoch's) rate over the reference epoch run next to
+    # it, then the median over rounds. Drift on a shared machine moves neighbours alike, so these
+    # spread far less than the rates themselves; "of medians" divides the medians above.
+    series = {c.key: c.rates for c in cases}
+    print(f"{'':<12}{'paired':>7}  {'range':<12}{'of medians':>10}")
     for ratio, what in lines:
         num, den = ratio.split(" / ")
-        if num in rate and den in rate:
-            print(f"  {ratio:<10}{rate[num] / rate[den]:5.2f}x  {what}")
+        if num not in rate or den not in rate:
+            continue
+        if num in fits:  # each fit epoch against the A epoch run right after it
+            pairs = list(zip(fits[num].rates, fits[num].paired_rates)) if den == "A" else []
+        else:
+            pairs = list(zip(series[num], series[den]))
+        ratios = [a / b for a, b in pairs]
+        paired = f"{statistics.median(ratios):6.2f}x  {min(ratios):.2f}-{max(ratios):.2f}" if ratios else f"{'':18}"
+        print(f"  {ratio:<10}{paired:<21}{rate[num] / rate[den]:6.2f}x  {what}")
     print(f"\nFull evaluation of {opts.test_videos} test videos (forward + decisions + all ten metrics)")
     print(f"  reference (per-file, 1 video/step, fp32, Python metrics): {ref_eval[0]:7.2f} s   "
           f"segment Type@AV {100 * ref_eval[1]:.1f}")
