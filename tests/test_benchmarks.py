@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end on tiny data and print every number they promise.
+
+No timing is asserted (speed is measured by running the scripts, never in tests); this only
+keeps them working as the code under them changes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))  # train_throughput imports benchmarks/metrics.py
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+@pytest.mark.slow
+def test_train_throughput_runs_every_case_and_prints_paired_ratios(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the script's own default, scoped to this test
+    bench = _load("train_throughput")
+    threads = torch.get_num_threads()  # the script sets torch's threads for the process
+    try:
+        bench.main(["--videos", "48", "--val-videos", "8", "--test-videos", "16", "--epochs", "1",
+                    "--threads", "1", "--data", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    for key in ("A", "B0", "B", "A'", "C0", "C", "F", "F-HAN"):
+        assert re.search(rf"^{re.escape(key)}\s+\S.*\d+\.\d+x\s+\d+-\d+$", out, re.M), f"no row for case {key}"
+    # Paired ratios for the cases (per round) and for the fits (each epoch over an A epoch after it)
+    for ratio in ("B / A", "B0 / A", "C / A'", "C0 / A'", "C / A", "F / A", "F-HAN / A"):
+        assert re.search(rf"^  {re.escape(ratio)}\s+\d+\.\d\dx\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\dx", out, re.M), ratio
+    assert re.search(r"A right after each: \d+", out)
+    assert re.search(r"reference \(per-file.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
+    assert re.search(r"ours \(store.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
+
+
+def test_metrics_benchmark_agrees_with_the_loop(capsys) -> None:
+    bench = _load("metrics")
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--sizes", "37", "200", "--loop-max", "100", "--repeats", "1", "--seed", "3"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+37 .*full loop; max diff", out, re.M)
+    assert re.search(r"^\s+200 .*loop timed on 100 videos, extrapolated", out, re.M)
+    assert "all ten numbers agree to 1e-9" in out
