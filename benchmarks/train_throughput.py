@@ -168,13 +168,6 @@ class Case:
         self.optimizer.step()
         return len(label)
 
-    def epoch_rate_apart(self) -> float:
-        """One timed epoch whose rate is returned but not added to ``rates`` (a paired measurement)."""
-        rate = self.epoch()
-        self.rates.pop()
-        self.epoch_s.pop()
-        return rate
-
     def warm_up(self, steps: int = 3) -> float:
         """A few untimed steps (compilation, allocator, caches); returns their duration."""
         start = time.perf_counter()
@@ -185,8 +178,8 @@ class Case:
         _sync(self.device)
         return time.perf_counter() - start
 
-    def epoch(self) -> float:
-        """One timed epoch; returns its videos/s (also appended to ``rates``)."""
+    def epoch(self, record: bool = True) -> float:
+        """One timed epoch; returns its videos/s, also kept in ``rates`` when ``record``."""
         self.model.train()
         _sync(self.device)
         start, videos = time.perf_counter(), 0
@@ -194,9 +187,10 @@ class Case:
             videos += self.step(batch)
         _sync(self.device)
         seconds = time.perf_counter() - start
-        self.rates.append(videos / seconds)
-        self.epoch_s.append(seconds)
-        return self.rates[-1]
+        if record:
+            self.rates.append(videos / seconds)
+            self.epoch_s.append(seconds)
+        return videos / seconds
 
 
 def _sync(device: torch.device) -> None:
@@ -392,8 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             round_(f"{r + 1}/{opts.epochs}")
         fits = {}
         if not opts.skip_fit:
-            reference = cases[0]
-            paired = lambda: reference.epoch_rate_apart()  # noqa: E731  (A's epoch, kept out of A's rounds)
+            paired = lambda: cases[0].epoch(record=False)  # noqa: E731  (an A epoch, kept out of A's rounds)
             for key, han in (("F", False), ("F-HAN", True)):
                 fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired)
                 print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s; A right after each: "
