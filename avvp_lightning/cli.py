@@ -50,6 +50,11 @@ from avvp_lightning.errors import DataError
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+def _picks_cuda(accelerator: str) -> bool:
+    """Whether ``accelerator`` selects a CUDA GPU here (NVML's device count: CUDA is not initialised)."""
+    return accelerator in ("auto", "gpu", "cuda") and num_cuda_devices() > 0
+
+
 def native_bf16(accelerator: str) -> bool:
     """Whether the device ``accelerator`` picks runs bfloat16 natively (not emulated).
 
@@ -58,8 +63,7 @@ def native_bf16(accelerator: str) -> bool:
     """
     import torch
 
-    use_cuda = accelerator in ("auto", "gpu", "cuda") and num_cuda_devices() > 0  # NVML: no CUDA init
-    if use_cuda:
+    if _picks_cuda(accelerator):
         try:
             return bool(torch.cuda.is_bf16_supported(including_emulation=False))
         except TypeError:  # older torch: no emulation argument
@@ -248,7 +252,7 @@ class AVVPCLI(LightningCLI):
         if self.subcommand != "fit" or not isinstance(accelerator, str):
             return "32-true"
         forks = isinstance(strategy, str) and ("fork" in strategy or "notebook" in strategy)
-        if forks and accelerator in ("auto", "gpu", "cuda") and num_cuda_devices() > 0:
+        if forks and _picks_cuda(accelerator):
             return "32-true"
         return "bf16-mixed" if native_bf16(accelerator) else "32-true"
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from avvp_lightning.finetune.cli import main as finetune
 from avvp_lightning.finetune.module import ParserModule
 from avvp_lightning.metrics import METRIC_KEYS, avvp_scores, decide
 from avvp_lightning.models.parser import AVVPParser
+from test_ddp import run_ddp  # tests/test_ddp.py: the console script under 2 DDP processes
 
 DIMS = dict(SMALL_DIMS)  # audio 32, visual 32, motion 16
 FIELDS = ("audio", "visual", "motion", "labels", "dense_audio", "dense_visual")
@@ -252,15 +250,7 @@ def test_device_resident_test_under_ddp_equals_single_process(root: Path, tmp_pa
             *[f"--data.{k}={v}" for k, v in DIMS.items()]]
     finetune(["fit", *args, "--trainer.max_epochs=1"])
     finetune(["test", *args, "--ckpt_path", "last", "--model.output_dir", str(tmp_path / "single")])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")}
-    env.update(WANDB_MODE="disabled", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    command = [str(Path(sys.executable).parent / "avvp-finetune"), "test", *args, "--ckpt_path", "last",
-               "--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_ddp("avvp-finetune", ["test", *args, "--ckpt_path", "last"])  # 2 processes, gloo on loopback
     run_dir = tmp_path / "out" / "base_adv_skip_gcaa" / "seed0"
     ddp, single = (json.loads((folder / "metrics.json").read_text())
                    for folder in (run_dir / "test", tmp_path / "single"))
