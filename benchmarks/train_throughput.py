@@ -145,7 +145,7 @@ class Case:
                  batches: Callable[[], Iterable[dict[str, Any]]], device: torch.device, stock: bool,
                  compile: bool = False) -> None:
         self.key, self.label, self.path, self.frames, self.batch, self.bf16 = key, label, path, frames, batch, bf16
-        self.batches, self.device, self.stock = batches, device, stock
+        self.batches, self.device = batches, device
         torch.manual_seed(0)  # the same initial weights in every case
         model = ReferenceParser(frames, architecture="han") if stock else AVVPParser(architecture="han")
         self.model = model.to(device)
@@ -290,11 +290,6 @@ def evaluate_ours(batches: Iterable[dict[str, Any]], device: torch.device, model
 
 
 # ------------------------------------------------------------------------------------------ main
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast pays off: a GPU with bf16, or a CPU with native bf16 (AVX512-BF16 / AMX)."""
-    return native_bf16("gpu" if device.type == "cuda" else "cpu")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -312,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     device = torch.device(opts.device)
     torch.set_num_threads(opts.threads)
-    bf16 = bf16_supported(device)
+    bf16 = native_bf16("gpu" if device.type == "cuda" else "cpu")  # bf16 autocast pays off (AVX512-BF16/AMX, GPU)
     workers = opts.ref_workers if opts.ref_workers is not None else (min(12, os.cpu_count() or 1)
                                                                      if device.type == "cuda" else 0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {opts.threads} torch threads"
