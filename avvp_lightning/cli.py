@@ -12,6 +12,9 @@ grounding) imports this module. What it adds to a plain ``LightningCLI``:
   resolved config, test outputs); ``--ckpt_path best|last`` resolve inside that folder.
 * Loggers: a CSV logger always, plus W&B, offline unless ``WANDB_MODE=online`` (or
   ``--run.wandb online``); ``WANDB_MODE=disabled`` turns it off. W&B never prompts.
+* Memory (``--run.reuse_memory``, on by default): on Linux with glibc, freed memory stays in the
+  process for the next step's tensors instead of going back to the kernel (see
+  :func:`reuse_freed_memory`).
 * Precision (where the stage opts in, ``auto_precision``): an unset ``--trainer.precision``
   becomes ``bf16-mixed`` for ``fit`` on hardware that runs bfloat16 natively (a CUDA GPU with
   bf16, a CPU with AVX512-BF16 or AMX), else ``32-true``; evaluation subcommands stay in
@@ -78,6 +81,40 @@ def native_bf16(accelerator: str) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def reuse_freed_memory() -> bool:
+    """Keep the memory that glibc's ``malloc`` frees in the process, for later allocations.
+
+    A training step frees and allocates the same tensor sizes every step. glibc's defaults give
+    blocks above its mmap threshold, and free memory at the top of its heap, back to the kernel,
+    so every step page-faults its activations in again: 600-1100 faults per step of the paper's
+    model (batch 64, bf16) on the 2-core development VM, where that cost 3-20% of the step. Two
+    ``mallopt`` settings stop that (what jemalloc and tcmalloc do by design): the mmap threshold
+    goes to 1 GiB (32 MiB, glibc's historical maximum, where 1 GiB is refused) and the trim
+    threshold to 2 GiB - 1. The process then keeps its peak heap: its resident size stays at the
+    peak of a step instead of falling between steps. Results are unchanged (same numbers, same
+    random draws); only where tensors live in memory changes.
+
+    Returns:
+        True when both settings took effect; False elsewhere (not Linux, not glibc), changing
+        nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already uses
+        libc.gnu_get_libc_version  # glibc only (musl has a no-op mallopt)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mmap_set = mallopt(m_mmap_threshold, 1 << 30) == 1 or mallopt(m_mmap_threshold, 32 << 20) == 1
+    trim_set = mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return mmap_set and trim_set
 
 
 def config_dir(stage: str) -> Path:
@@ -207,6 +244,10 @@ class AVVPCLI(LightningCLI):
         parser.add_argument("--run.output_dir", type=str, default="outputs", help="Root folder of all runs.")
         parser.add_argument("--run.wandb", type=Optional[Literal["offline", "online", "disabled"]], default=None,
                             help="W&B mode; default: $WANDB_MODE, else offline (no account, no network).")
+        parser.add_argument("--run.reuse_memory", type=bool, default=True,
+                            help="Linux/glibc: keep freed memory in the process for the next step's tensors "
+                                 "instead of returning it to the kernel (fewer page faults: 3-20 percent "
+                                 "faster CPU steps; resident memory stays at its peak). Results are unchanged.")
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config's model: a checkpoint's hyperparameters never override it.
@@ -225,6 +266,8 @@ class AVVPCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        if cfg.run.reuse_memory:
+            reuse_freed_memory()
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
         if self.auto_precision and cfg.trainer.precision is None:

@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import types
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -52,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from avvp_lightning.cli import native_bf16  # noqa: E402
+from avvp_lightning.cli import native_bf16, reuse_freed_memory  # noqa: E402
 from avvp_lightning.data.datamodules import LLPDataModule  # noqa: E402
 from avvp_lightning.data.llp import DENSE_FILES, FEATURE_DIRS, SPLIT_FILES, read_dense_truth  # noqa: E402
 from avvp_lightning.data.store import ResidentBatches, pack_store, read_store  # noqa: E402
@@ -289,6 +292,116 @@ def evaluate_ours(batches: Iterable[dict[str, Any]], device: torch.device, model
     return time.perf_counter() - start, score
 
 
+# ------------------------------------------------------------ the reference in its own process
+class ReferenceWorker:
+    """A second Python process that runs the reference cases (A, A') with glibc's default allocator.
+
+    ``avvp-finetune`` keeps freed memory in the process (``--run.reuse_memory``,
+    :func:`avvp_lightning.cli.reuse_freed_memory`); HAN's code runs with glibc's defaults. The
+    setting is process-wide and cannot be undone, so this script sets it for its own cases and
+    runs the reference ones in a process that never does. One process computes while the other
+    waits for its reply, so the rounds still interleave the cases. Commands go in pickled on the
+    worker's stdin (``train_throughput.py --reference-worker``); replies come back on its stdout.
+    """
+
+    def __init__(self, root: Path, device: torch.device, threads: int, workers: int, bf16: bool) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--reference-worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.call("init", str(root), str(device), threads, workers, bf16)
+
+    def call(self, command: str, *args: Any) -> Any:
+        pickle.dump((command, args), self.proc.stdin)
+        self.proc.stdin.flush()
+        try:
+            status, value = pickle.load(self.proc.stdout)
+        except EOFError:
+            raise RuntimeError(f"reference worker exited (status {self.proc.wait()}) during {command!r}") from None
+        if status != "ok":
+            raise RuntimeError(f"reference worker failed in {command!r}:\n{value}")
+        return value
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.call("quit")
+            self.proc.wait(timeout=60)
+
+
+class RemoteCase:
+    """A reference case that the :class:`ReferenceWorker` runs; its rates are kept here."""
+
+    def __init__(self, worker: ReferenceWorker, key: str, label: str, batch: int, bf16: bool,
+                 device: torch.device) -> None:
+        self.worker, self.key, self.label, self.batch, self.bf16, self.device = worker, key, label, batch, bf16, device
+        self.path, self.frames = "per-file .npy + DataLoader", True
+        self.rates: list[float] = []
+        self.epoch_s: list[float] = []
+
+    def warm_up(self) -> float:
+        return self.worker.call("warm_up", self.key)
+
+    def epoch(self, record: bool = True) -> float:
+        rate, seconds = self.worker.call("epoch", self.key)
+        if record:
+            self.rates.append(rate)
+            self.epoch_s.append(seconds)
+        return rate
+
+    @property
+    def model(self) -> AVVPParser:
+        """A copy of the worker's model, with its current weights, in this process."""
+        model = AVVPParser(architecture="han")
+        model.load_state_dict(self.worker.call("state_dict", self.key))
+        return model.to(self.device)
+
+    def evaluate_reference(self) -> tuple[float, float]:
+        """:func:`evaluate_reference` of this case's model, run in the worker."""
+        return self.worker.call("evaluate_reference", self.key)
+
+
+def reference_worker() -> None:
+    """The loop of ``--reference-worker``: one pickled reply on stdout per command from stdin."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything else printed goes to stderr: stdout carries only the replies
+    cases: dict[str, Case] = {}
+    root, device = Path(), torch.device("cpu")
+    while True:
+        try:
+            command, args = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        try:
+            value: Any = None
+            if command == "init":
+                root, device, threads, workers, bf16 = Path(args[0]), torch.device(args[1]), *args[2:]
+                torch.set_num_threads(threads)
+                per_file = PerFileLLP(root, "train")
+
+                def loader(bs: int) -> Callable[[], Iterable[dict[str, Any]]]:
+                    return lambda: DataLoader(per_file, batch_size=bs, shuffle=True, num_workers=workers,
+                                              pin_memory=device.type == "cuda")
+
+                cases = {"A": Case("A", "", "", True, 16, False, loader(16), device, stock=True),
+                         "A'": Case("A'", "", "", True, 64, bf16, loader(64), device, stock=True)}
+            elif command == "warm_up":
+                value = cases[args[0]].warm_up()
+            elif command == "epoch":
+                case = cases[args[0]]
+                value = (case.epoch(), case.epoch_s[-1])
+            elif command == "state_dict":
+                value = {k: v.cpu() for k, v in cases[args[0]].model.state_dict().items()}
+            elif command == "evaluate_reference":
+                value = evaluate_reference(root, device, cases[args[0]].model)
+            elif command != "quit":
+                raise ValueError(f"unknown command {command!r}")
+            reply = ("ok", value)
+        except Exception:  # noqa: BLE001  (sent to the parent, which raises it)
+            reply = ("error", traceback.format_exc())
+        pickle.dump(reply, replies)
+        replies.flush()
+        if command == "quit":
+            return
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -311,8 +424,11 @@ def main(argv: list[str] | None = None) -> None:
     workers = opts.ref_workers if opts.ref_workers is not None else (min(12, os.cpu_count() or 1)
                                                                      if device.type == "cuda" else 0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {opts.threads} torch threads"
+    reused = reuse_freed_memory()  # what avvp-finetune does (--run.reuse_memory); the reference worker does not
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast: {'yes' if bf16 else 'no (fp32)'}; "
-          f"reference DataLoader workers: {workers}", flush=True)
+          f"reference DataLoader workers: {workers}; allocator: "
+          f"{'freed memory kept' if reused else 'glibc defaults (not glibc)'} for ours, "
+          f"glibc defaults for the reference (a process of its own)", flush=True)
 
     with tempfile.TemporaryDirectory(dir=opts.data) as tmp:
         root = Path(tmp) / "llp"
@@ -336,22 +452,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{gen_s:.1f} s; store packed in {pack_s:.1f} s (once); opened + moved to {device.type} in "
               f"{open_s:.2f} s", flush=True)
 
-        per_file = PerFileLLP(root, "train")
-        pin = device.type == "cuda"
-
-        def reference(bs: int) -> Callable[[], Iterable[dict[str, Any]]]:
-            return lambda: DataLoader(per_file, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=pin)
-
         store = "store, device-resident"
-        cases = [
-            Case("A", "reference design, HAN settings", "per-file .npy + DataLoader", True, 16, False,
-                 reference(16), device, stock=True),
+        worker = ReferenceWorker(root, device, opts.threads, workers, bf16)  # A and A', glibc's allocator
+        cases: list[Any] = [
+            RemoteCase(worker, "A", "reference design, HAN settings", 16, False, device),
             Case("B0", "fast data path, stock model pieces", store, False, 16, False, lambda: resident[16], device,
                  stock=True),
             Case("B", "fast path, same batch/precision", store, False, 16, False, lambda: resident[16], device,
                  stock=False),
-            Case("A'", "reference design, our batch/precision", "per-file .npy + DataLoader", True, 64, bf16,
-                 reference(64), device, stock=True),
+            RemoteCase(worker, "A'", "reference design, our batch/precision", 64, bf16, device),
             Case("C0", "fast data path, stock model pieces", store, False, 64, bf16, lambda: resident[64], device,
                  stock=True),
             Case("C", "fast path (ours)", store, False, 64, bf16, lambda: resident[64], device, stock=False),
@@ -361,9 +470,10 @@ def main(argv: list[str] | None = None) -> None:
                               lambda: resident[64], device, stock=False, compile=True))
         # The two model forms compute the same function (up to float rounding).
         with torch.no_grad():
-            batch = next(iter(reference(4)()))
+            batch = next(iter(DataLoader(PerFileLLP(root, "train"), batch_size=4)))
             args = [batch[k].to(device) for k in ("audio", "visual", "motion")]
-            ref_out = cases[0].model.eval()(*args)["video_prob"]
+            torch.manual_seed(0)  # A's initial weights, as the worker's Case builds them
+            ref_out = ReferenceParser(True, architecture="han").to(device).eval()(*args)["video_prob"]
             pooled = args[1].view(4, 10, 8, -1).mean(2)
             for case in cases[1:3]:  # B0 (stock pieces), B (ours): pooled input
                 fast_out = case.model.eval()(args[0], pooled, args[2])["video_prob"]
@@ -392,10 +502,11 @@ def main(argv: list[str] | None = None) -> None:
         scores = {case.key: evaluate_ours(test_batches, device, case.model, False)[1] for case in cases}
         print("test segment Type@AV after the timed epochs (%): "
               + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), flush=True)
-        model = cases[0].model  # one trained model for both evaluations (it also takes pooled input)
-        ref_eval = evaluate_reference(root, device, model)
+        ref_eval = cases[0].evaluate_reference()  # A's trained model, in the worker
+        model = cases[0].model  # the same weights here (it also takes pooled input)
         evaluate_ours(test_batches, device, model, bf16)  # warm-up
         ours_eval = evaluate_ours(test_batches, device, model, bf16)
+        worker.close()
 
     report(opts, cases, fits, bf16, ref_eval, ours_eval)
 
@@ -453,4 +564,4 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
 
 
 if __name__ == "__main__":
-    main()
+    reference_worker() if sys.argv[1:] == ["--reference-worker"] else main()
