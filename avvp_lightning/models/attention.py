@@ -173,14 +173,18 @@ class GlobalContextAttention(MultiHeadAttention):
             q^_t . k^_s = (1-a_t)(1-b_s) q_t.k_s + (1-a_t) b_s q_t.k_c
                           + a_t (1-b_s) q_c.k_s + a_t b_s q_c.k_c
 
-        The only full-size work left is ``q k^T`` (in the autocast dtype, as the product of
-        ``q^`` and ``k^`` was), a float32 copy of ``q`` and ``k`` under autocast, and one
-        float32 product per sequence with two columns: its gate vector and the other
-        sequence's context. Everything else is (Tq, Tk)-sized. The
-        gated form made full-size float32 passes forward and backward and took about half of a
-        GCAA block's time on a 2-core CPU at batch 64 in bf16. Same function; the gates stay in
-        float32, and under autocast ``q`` and ``k`` enter the product as the linear layers
-        returned them instead of rounded again after gating.
+        and the gate logits are dot products too: ``a_t = sigmoid(v_qx.q_t + v_qc.q_c)``,
+        ``b_s = sigmoid(v_kx.k_s + v_kc.k_c)``. So one batched product gives every term: the
+        rows ``[q_1..q_Tq, q_c, v_kx, v_kc]`` times the columns ``[k_1..k_Tk, k_c, v_qx, v_qc]``,
+        a (Tq+3, Tk+3) matrix per head instead of (Tq, Tk). The full-size work left over plain
+        attention is one copy of ``q`` and of ``k`` into those stacks; everything after the
+        product is (Tq, Tk)-sized and runs in float32. Forming ``q^`` and ``k^`` took full-size
+        float32 passes forward and backward, about half of a GCAA block's time on a 2-core CPU
+        at batch 64 in bf16. Same function; under autocast the product runs in bf16, so all its
+        terms, the gate logits included, are rounded once to bf16, as any matrix product's
+        output is (the mean error against float64 stays below the gated form's: ``q^`` and
+        ``k^`` are not rounded again after gating). The contexts are sums over time divided by
+        the length: the backward of ``mean`` would write a full-size gradient.
 
         Args:
             query: (B, Tq, dim) query sequence.
@@ -189,26 +193,24 @@ class GlobalContextAttention(MultiHeadAttention):
         Returns:
             (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model).
         """
-        batch = query.shape[0]
+        batch, tq, tk = query.shape[0], query.shape[1], key.shape[1]
         q = self._split(self.q_proj(query))  # (B, nh, Tq, hd)
         k = self._split(self.k_proj(key))  # (B, nh, Tk, hd)
-        q_c = self._split(self.q_context(query.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
-        k_c = self._split(self.k_context(key.mean(dim=1, keepdim=True)))  # (B, nh, 1, hd)
-        dtype = _at_least_float32(q.dtype)
-        qk = (q @ k.transpose(-1, -2)).to(dtype)  # (B, nh, Tq, Tk)
+        q_c = self._split(self.q_context(query.sum(dim=1, keepdim=True) / tq))  # (B, nh, 1, hd)
+        k_c = self._split(self.k_context(key.sum(dim=1, keepdim=True) / tk))  # (B, nh, 1, hd)
+        dtype = q.dtype  # the autocast dtype under autocast
+
+        def gate_rows(x: Tensor, c: Tensor) -> Tensor:  # (nh, hd) twice -> (B, nh, 2, hd)
+            return torch.stack([x, c], dim=1).to(dtype).expand(batch, -1, -1, -1)
+
+        rows = torch.cat([q, q_c.to(dtype), gate_rows(self.k_gate_x, self.k_gate_c)], dim=2)  # (B, nh, Tq+3, hd)
+        cols = torch.cat([k, k_c.to(dtype), gate_rows(self.q_gate_x, self.q_gate_c)], dim=2)  # (B, nh, Tk+3, hd)
+        s = (rows @ cols.transpose(-1, -2)).to(_at_least_float32(dtype))  # (B, nh, Tq+3, Tk+3)
         with torch.autocast(query.device.type, enabled=False):  # float32 (float64) from here on
-            q32, k32 = q.to(dtype), k.to(dtype)  # (B, nh, T, hd)
-            qc32, kc32 = q_c.to(dtype), k_c.to(dtype)  # (B, nh, 1, hd)
-            gates = [g.to(dtype) for g in (self.q_gate_x, self.q_gate_c, self.k_gate_x, self.k_gate_c)]
-            q_gate_x, q_gate_c, k_gate_x, k_gate_c = (g[:, :, None] for g in gates)  # (nh, hd, 1) each
-            # q_t . [v_qx, k_c] and k_s . [v_kx, q_c]: (B, nh, T, 2)
-            q_side = q32 @ torch.cat([q_gate_x.expand(batch, -1, -1, -1), kc32.transpose(-1, -2)], -1)
-            k_side = k32 @ torch.cat([k_gate_x.expand(batch, -1, -1, -1), qc32.transpose(-1, -2)], -1)
-            a = torch.sigmoid(q_side[..., :1] + qc32 @ q_gate_c)  # (B, nh, Tq, 1)
-            b = torch.sigmoid(k_side[..., :1] + kc32 @ k_gate_c).transpose(-1, -2)  # (B, nh, 1, Tk)
-            q_kc = q_side[..., 1:]  # (B, nh, Tq, 1)
-            qc_k = k_side[..., 1:].transpose(-1, -2)  # (B, nh, 1, Tk)
-            qc_kc = qc32 @ kc32.transpose(-1, -2)  # (B, nh, 1, 1)
+            a = torch.sigmoid(s[..., :tq, tk + 1:tk + 2] + s[..., tq:tq + 1, tk + 2:])  # (B, nh, Tq, 1)
+            b = torch.sigmoid(s[..., tq + 1:tq + 2, :tk] + s[..., tq + 2:, tk:tk + 1])  # (B, nh, 1, Tk)
+            qk, q_kc = s[..., :tq, :tk], s[..., :tq, tk:tk + 1]  # (B, nh, Tq, Tk), (B, nh, Tq, 1)
+            qc_k, qc_kc = s[..., tq:tq + 1, :tk], s[..., tq:tq + 1, tk:tk + 1]  # (B, nh, 1, Tk), (B, nh, 1, 1)
             return (
                 ((1 - a) * (1 - b)) * qk + ((1 - a) * b) * q_kc + (a * (1 - b)) * qc_k + (a * b) * qc_kc
             )  # (B, nh, Tq, Tk)
