@@ -10,7 +10,9 @@ synthetic LLP set at the real feature sizes, generated into a temporary folder::
     B   fast path at the same batch and precision: the packed store (frames pooled once, when
         packing), held as tensors on the device, batches sliced by index; pooled-first model with
         avvp-lightning's CPU dropout and attention core, and fused Adam (the defaults of ``fit``).
-    B0  B's data path and pooling with A's stock model pieces and optimizer (the data path's share).
+    B0  B's data path and pooling with A's stock model pieces and optimizer (the share of the data
+        path, pooling first and the allocator setting; A and A' run in a process of their own with
+        glibc's default allocator, as HAN's code does, see ReferenceWorker).
     A'  the reference design at our batch and precision (64, bf16 autocast where native).
     C   the fast path at our batch and precision; C0 like B0 at C's settings.
     F   ``avvp-finetune fit`` itself at the paper's settings (the paper's model, batch 64, the
@@ -307,23 +309,37 @@ class ReferenceWorker:
     def __init__(self, root: Path, device: torch.device, threads: int, workers: int, bf16: bool) -> None:
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--reference-worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.call("init", str(root), str(device), threads, workers, bf16)
+        try:
+            self.call("init", str(root), str(device), threads, workers, bf16)
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, command: str, *args: Any) -> Any:
-        pickle.dump((command, args), self.proc.stdin)
-        self.proc.stdin.flush()
         try:
+            pickle.dump((command, args), self.proc.stdin)
+            self.proc.stdin.flush()
             status, value = pickle.load(self.proc.stdout)
-        except EOFError:
-            raise RuntimeError(f"reference worker exited (status {self.proc.wait()}) during {command!r}") from None
+        except (EOFError, OSError, pickle.UnpicklingError):  # the worker died
+            self.close()
+            raise RuntimeError(f"reference worker exited (status {self.proc.returncode}) during {command!r}; "
+                               "its error is on stderr above") from None
         if status != "ok":
             raise RuntimeError(f"reference worker failed in {command!r}:\n{value}")
         return value
 
     def close(self) -> None:
+        """Stop the worker: ``quit`` when it still answers, else (or after 60 s) kill it."""
         if self.proc.poll() is None:
-            self.call("quit")
-            self.proc.wait(timeout=60)
+            try:
+                pickle.dump(("quit", ()), self.proc.stdin)
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            stream.close()
 
 
 class RemoteCase:
@@ -427,8 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     reused = reuse_freed_memory()  # what avvp-finetune does (--run.reuse_memory); the reference worker does not
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast: {'yes' if bf16 else 'no (fp32)'}; "
           f"reference DataLoader workers: {workers}; allocator: "
-          f"{'freed memory kept' if reused else 'glibc defaults (not glibc)'} for ours, "
-          f"glibc defaults for the reference (a process of its own)", flush=True)
+          + ("freed memory kept for ours, glibc defaults for the reference (a process of its own)" if reused
+             else "the C library's defaults for all (not glibc)"), flush=True)
 
     with tempfile.TemporaryDirectory(dir=opts.data) as tmp:
         root = Path(tmp) / "llp"
@@ -454,59 +470,62 @@ def main(argv: list[str] | None = None) -> None:
 
         store = "store, device-resident"
         worker = ReferenceWorker(root, device, opts.threads, workers, bf16)  # A and A', glibc's allocator
-        cases: list[Any] = [
-            RemoteCase(worker, "A", "reference design, HAN settings", 16, False, device),
-            Case("B0", "fast data path, stock model pieces", store, False, 16, False, lambda: resident[16], device,
-                 stock=True),
-            Case("B", "fast path, same batch/precision", store, False, 16, False, lambda: resident[16], device,
-                 stock=False),
-            RemoteCase(worker, "A'", "reference design, our batch/precision", 64, bf16, device),
-            Case("C0", "fast data path, stock model pieces", store, False, 64, bf16, lambda: resident[64], device,
-                 stock=True),
-            Case("C", "fast path (ours)", store, False, 64, bf16, lambda: resident[64], device, stock=False),
-        ]
-        if opts.compile:
-            cases.append(Case("C+comp", "fast path + torch.compile", store, False, 64, bf16,
-                              lambda: resident[64], device, stock=False, compile=True))
-        # The two model forms compute the same function (up to float rounding).
-        with torch.no_grad():
-            batch = next(iter(DataLoader(PerFileLLP(root, "train"), batch_size=4)))
-            args = [batch[k].to(device) for k in ("audio", "visual", "motion")]
-            torch.manual_seed(0)  # A's initial weights, as the worker's Case builds them
-            ref_out = ReferenceParser(True, architecture="han").to(device).eval()(*args)["video_prob"]
-            pooled = args[1].view(4, 10, 8, -1).mean(2)
-            for case in cases[1:3]:  # B0 (stock pieces), B (ours): pooled input
-                fast_out = case.model.eval()(args[0], pooled, args[2])["video_prob"]
-                torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
-        for case in cases:
-            warm = case.warm_up()
-            if case.key == "C+comp":
-                print(f"C+comp: compilation (first 3 steps) took {warm:.1f} s", flush=True)
-        def round_(name: str) -> None:
+        try:
+            cases: list[Any] = [
+                RemoteCase(worker, "A", "reference design, HAN settings", 16, False, device),
+                Case("B0", "fast data path, stock model pieces", store, False, 16, False, lambda: resident[16], device,
+                     stock=True),
+                Case("B", "fast path, same batch/precision", store, False, 16, False, lambda: resident[16], device,
+                     stock=False),
+                RemoteCase(worker, "A'", "reference design, our batch/precision", 64, bf16, device),
+                Case("C0", "fast data path, stock model pieces", store, False, 64, bf16, lambda: resident[64], device,
+                     stock=True),
+                Case("C", "fast path (ours)", store, False, 64, bf16, lambda: resident[64], device, stock=False),
+            ]
+            if opts.compile:
+                cases.append(Case("C+comp", "fast path + torch.compile", store, False, 64, bf16,
+                                  lambda: resident[64], device, stock=False, compile=True))
+            # The two model forms compute the same function (up to float rounding).
+            with torch.no_grad():
+                batch = next(iter(DataLoader(PerFileLLP(root, "train"), batch_size=4)))
+                args = [batch[k].to(device) for k in ("audio", "visual", "motion")]
+                torch.manual_seed(0)  # A's initial weights, as the worker's Case builds them
+                ref_out = ReferenceParser(True, architecture="han").to(device).eval()(*args)["video_prob"]
+                pooled = args[1].view(4, 10, 8, -1).mean(2)
+                for case in cases[1:3]:  # B0 (stock pieces), B (ours): pooled input
+                    fast_out = case.model.eval()(args[0], pooled, args[2])["video_prob"]
+                    torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
             for case in cases:
-                case.epoch()
-            print(f"round {name}: " + ", ".join(f"{c.key} {c.rates[-1]:.0f}" for c in cases) + " videos/s", flush=True)
+                warm = case.warm_up()
+                if case.key == "C+comp":
+                    print(f"C+comp: compilation (first 3 steps) took {warm:.1f} s", flush=True)
+            def round_(name: str) -> None:
+                for case in cases:
+                    case.epoch()
+                rates = ", ".join(f"{c.key} {c.rates[-1]:.0f}" for c in cases)
+                print(f"round {name}: {rates} videos/s", flush=True)
 
-        for r in range(opts.epochs):
-            round_(f"{r + 1}/{opts.epochs}")
-        fits = {}
-        if not opts.skip_fit:
-            paired = lambda: cases[0].epoch(record=False)  # noqa: E731  (an A epoch, kept out of A's rounds)
-            for key, han in (("F", False), ("F-HAN", True)):
-                fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired)
-                print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s; A right after each: "
-                      + ", ".join(f"{r:.0f}" for r in fits[key].paired_rates), flush=True)
-            round_("after the fits")  # brackets the fits, so that load drifts hit both sides
+            for r in range(opts.epochs):
+                round_(f"{r + 1}/{opts.epochs}")
+            fits = {}
+            if not opts.skip_fit:
+                paired = lambda: cases[0].epoch(record=False)  # noqa: E731  (an A epoch, kept out of A's rounds)
+                for key, han in (("F", False), ("F-HAN", True)):
+                    fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired)
+                    print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s; A right after "
+                          "each: " + ", ".join(f"{r:.0f}" for r in fits[key].paired_rates), flush=True)
+                round_("after the fits")  # brackets the fits, so that load drifts hit both sides
 
-        test_batches = ResidentBatches(data["test"].filenames, tensors["test"], 64, device=device)
-        scores = {case.key: evaluate_ours(test_batches, device, case.model, False)[1] for case in cases}
-        print("test segment Type@AV after the timed epochs (%): "
-              + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), flush=True)
-        ref_eval = cases[0].evaluate_reference()  # A's trained model, in the worker
-        model = cases[0].model  # the same weights here (it also takes pooled input)
-        evaluate_ours(test_batches, device, model, bf16)  # warm-up
-        ours_eval = evaluate_ours(test_batches, device, model, bf16)
-        worker.close()
+            test_batches = ResidentBatches(data["test"].filenames, tensors["test"], 64, device=device)
+            scores = {case.key: evaluate_ours(test_batches, device, case.model, False)[1] for case in cases}
+            print("test segment Type@AV after the timed epochs (%): "
+                  + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), flush=True)
+            ref_eval = cases[0].evaluate_reference()  # A's trained model, in the worker
+            model = cases[0].model  # the same weights here (it also takes pooled input)
+            evaluate_ours(test_batches, device, model, bf16)  # warm-up
+            ours_eval = evaluate_ours(test_batches, device, model, bf16)
+        finally:
+            worker.close()  # also when a case or a fit raises
 
     report(opts, cases, fits, bf16, ref_eval, ours_eval)
 
@@ -533,9 +552,9 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     print("\nSpeed-ups (paired: median over rounds of each ratio, with its range)")
     lines = [
         ("B / A", f"fast path vs reference, HAN's batch 16 fp32 (the target: >= 2x)"),
-        ("B0 / A", "  of which the data path and pooling first"),
+        ("B0 / A", "  of which the data path, pooling first and the allocator"),
         ("C / A'", f"fast path vs reference, batch 64 {prec}"),
-        ("C0 / A'", "  of which the data path and pooling first"),
+        ("C0 / A'", "  of which the data path, pooling first and the allocator"),
         ("C / A", "ours at our settings vs the reference at HAN's"),
         ("F / A", f"avvp-finetune fit, paper model and settings ({prec}), vs the reference at HAN's (>= 4x)"),
         ("F-HAN / A", f"avvp-finetune fit, HAN's model at batch 64 {prec}, vs the reference at HAN's"),

@@ -39,6 +39,16 @@ def test_every_config_fast_dev_run(config: str, tiny_root: Path, tmp_path: Path)
     main(["fit", "--config", config, *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_fit_keeps_freed_memory_unless_turned_off(reuse: bool, tiny_root: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr("avvp_lightning.cli.reuse_freed_memory", lambda: calls.append(1) or True)
+    flag = [] if reuse else ["--run.reuse_memory=false"]  # on by default
+    main(["fit", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true", *flag])
+    assert calls == ([1] if reuse else [])
+
+
 def test_fit_test_predict_end_to_end(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = small_args(tiny_root, tmp_path)
     main(["fit", *args, "--trainer.max_epochs=2"])
