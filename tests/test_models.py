@@ -148,6 +148,28 @@ def test_gcaa_expanded_scores_under_bf16_autocast_are_as_close_as_the_gated_form
 
 
 @pytest.mark.parametrize("cls", [MultiHeadAttention, GlobalContextAttention])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_partner_attention_equals_each_module_on_its_half(cls, heads: int) -> None:
+    """``first(x, y, partner=second)`` is first on the first half of the batch, second on the rest."""
+    torch.manual_seed(4)
+    first, second = (cls(8, num_heads=heads, dropout=0.0).double() for _ in range(2))
+    x = torch.randn(6, 5, 8, dtype=torch.float64, requires_grad=True)  # 2 x 3 videos, T = 5
+    y = torch.randn(6, 7, 8, dtype=torch.float64, requires_grad=True)  # keys: Tk = 7
+    weights = torch.randn(6, 5, 8, dtype=torch.float64)
+    params = [x, y, *first.parameters(), *second.parameters()]
+
+    paired = first(x, y, partner=second)
+    apart = torch.cat([first(x[:3], y[:3]), second(x[3:], y[3:])])
+    torch.testing.assert_close(paired, apart, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad((paired * weights).sum(), params),
+                         torch.autograd.grad((apart * weights).sum(), params)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the stacked products under mixed precision too
+        mixed = first.float()(x.float(), y.float(), partner=second.float())
+    torch.testing.assert_close(mixed.double(), apart, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("cls", [MultiHeadAttention, GlobalContextAttention])
 def test_attention_runs_in_a_bf16_model(cls) -> None:
     """A model cast to bf16 (Lightning's bf16-true) runs the CPU core and stays close to fp32."""
     torch.manual_seed(2)

@@ -124,10 +124,8 @@ class BaseLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map stacked [audio; visual] (2B, T, H) to the same shape."""
-        audio, visual = x.chunk(2, dim=0)  # (B, T, H) each
-        attended = torch.cat(
-            [self.self_attn[0](audio, audio), self.self_attn[1](visual, visual)], dim=0
-        )  # (2B, T, H)
+        # self_attn[0] on the audio rows, self_attn[1] on the visual rows, as one stacked computation
+        attended = self.self_attn[0](x, x, partner=self.self_attn[1])  # (2B, T, H)
         s = _per_modality(self.self_norm, x + self.drop(attended))  # (2B, T, H)
         c = self.cross_norm(s + self.drop(self.cross_attn(s, _other(s))))  # (2B, T, H)
         joint = self.shared_norm(c + self.drop(self.shared(c)))  # (2B, T, H)
