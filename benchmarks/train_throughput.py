@@ -104,8 +104,15 @@ class PerFileLLP(Dataset):
         return item
 
 
-def _stock_attention(self: MultiHeadAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """The attention core as torch's fused kernel (what ``nn.MultiheadAttention`` users get)."""
+def _stock_attention(self: MultiHeadAttention, query: torch.Tensor, key: torch.Tensor,
+                     partner: MultiHeadAttention | None = None) -> torch.Tensor:
+    """The attention core as torch's fused kernel (what ``nn.MultiheadAttention`` users get).
+
+    A ``partner`` (the Base layer's second modality) is called on its half of the batch.
+    """
+    if partner is not None:
+        (q1, q2), (k1, k2) = query.chunk(2, dim=0), key.chunk(2, dim=0)
+        return torch.cat([_stock_attention(self, q1, k1), partner(q2, k2)], dim=0)
     q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
     v = self._split(self.v_proj(key))  # (B, nh, Tk, hd)
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)

@@ -17,7 +17,7 @@ from avvp_lightning.models import (
     dann_alpha,
     grad_reverse,
 )
-from avvp_lightning.models.parser import AttentiveMMILPooling
+from avvp_lightning.models.parser import AttentiveMMILPooling, BaseLayer
 
 B, T, C = 3, 10, 25
 
@@ -167,6 +167,33 @@ def test_partner_attention_equals_each_module_on_its_half(cls, heads: int) -> No
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the stacked products under mixed precision too
         mixed = first.float()(x.float(), y.float(), partner=second.float())
     torch.testing.assert_close(mixed.double(), apart, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("attention", ["mha", "gcaa"])
+def test_base_layer_runs_each_modality_through_its_own_self_attention(attention: str) -> None:
+    """Audio rows through ``self_attn[0]``, visual rows through ``self_attn[1]`` (stacked or not)."""
+    torch.manual_seed(5)
+    layer = BaseLayer(8, 8, num_heads=2, dropout=0.0, attention=attention, skip=True).double()
+    x = torch.randn(6, 5, 8, dtype=torch.float64)  # [audio; visual], B = 3
+    got = layer(x)
+    audio, visual = x.chunk(2)
+    attended = torch.cat([layer.self_attn[0](audio, audio), layer.self_attn[1](visual, visual)])
+    s = torch.cat([layer.self_norm[0]((x + attended)[:3]), layer.self_norm[1]((x + attended)[3:])])
+    c = layer.cross_norm(s + layer.cross_attn(s, s.roll(3, 0)))
+    joint = layer.shared_norm(c + layer.shared(c))
+    want = torch.cat([layer.skip_norm[0]((s + joint)[:3]), layer.skip_norm[1]((s + joint)[3:])])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_partner_must_match() -> None:
+    first = GlobalContextAttention(8, num_heads=2, dropout=0.1)
+    x = torch.randn(6, 5, 8)
+    for partner in (MultiHeadAttention(8, 2, 0.1), GlobalContextAttention(8, 1, 0.1),
+                    GlobalContextAttention(8, 2, 0.2), GlobalContextAttention(8, 2, 0.1).eval()):
+        with pytest.raises(ValueError, match="partner must be"):
+            first(x, x, partner=partner)
+    with pytest.raises(ValueError, match="two batches of the same size"):
+        first(x[:5], x[:5], partner=GlobalContextAttention(8, 2, 0.1))
 
 
 @pytest.mark.parametrize("cls", [MultiHeadAttention, GlobalContextAttention])

@@ -15,10 +15,11 @@ Values are projected the same way in both, and the attention core is
 ``q^ k^T`` are expanded into products of the plain projections and the contexts, so that the
 full-size gated queries and keys are never formed (see :meth:`GlobalContextAttention.scores`).
 Self-attention is ``attn(x, x)``; cross-modal attention is ``attn(x, other)``. Two modules of one
-class can run as one over a stacked batch, ``first(x, x, partner=second)``, each projection then
-one batched product of both modules' weights: the Base layer's per-modality self-attentions do.
-(On the 2-core development CPU, oneDNN ran bf16 products of 512-656 rows by 512 at one thread's
-speed, those of 1024-1280 rows at two threads'; batch 64 gives 640 rows per modality.)
+class can run as one over a stacked batch, ``first(x, x, partner=second)``: on the CPU each
+projection is then one batched product of both modules' weights. The Base layer's per-modality
+self-attentions do this. (Measured on the 2-core development CPU: oneDNN ran bf16 products of
+512-656 rows by 512 at one thread's speed, those of 1024-1280 rows at two threads'; batch 64
+gives 640 rows per modality.)
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ class MultiHeadAttention(nn.Module):
     def _linear(self, name: str, x: Tensor, partner: MultiHeadAttention | None) -> Tensor:
         """Apply this module's linear layer ``name`` to ``x``.
 
-        With a ``partner`` (a module of the same class and size), ``x`` (2B, T, in) stacks two
-        inputs: rows ``[0, B)`` go through this module's layer and rows ``[B, 2B)`` through the
-        partner's, as one batched product. On the CPU that is faster than two products of half
-        the rows, which oneDNN runs on one thread each at these sizes.
+        With a ``partner`` (checked by :meth:`forward`), ``x`` (2B, T, in) stacks two inputs:
+        rows ``[0, B)`` go through this module's layer and rows ``[B, 2B)`` through the
+        partner's, as one batched product. On the 2-core development CPU that was faster than
+        two products of half the rows (oneDNN ran bf16 products of 640 rows at one thread's
+        speed there).
         """
         layer = getattr(self, name)
         if partner is None:
@@ -86,6 +88,16 @@ class MultiHeadAttention(nn.Module):
         else:
             out = torch.baddbmm(torch.stack([layer.bias, other.bias]).unsqueeze(1), x2, weight)  # (2, B*T, out)
         return out.view(*x.shape[:-1], out.shape[-1])  # (2B, T, out)
+
+    def _check_partner(self, partner: MultiHeadAttention, query: Tensor, key: Tensor) -> None:
+        same = (type(partner) is type(self) and (partner.dim, partner.num_heads, partner.dropout, partner.training)
+                == (self.dim, self.num_heads, self.dropout, self.training))
+        if not same:
+            raise ValueError(f"partner must be a {type(self).__name__} of the same dim, heads, dropout and mode, "
+                             f"got {partner!r} (training={partner.training}, dropout={partner.dropout})")
+        if query.shape[0] % 2 or key.shape[0] != query.shape[0]:
+            raise ValueError(f"with a partner, query and key stack two batches of the same size: got batch "
+                             f"{query.shape[0]} (query) and {key.shape[0]} (key)")
 
     def queries_keys(self, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
         """Project the query and key sequences.
@@ -105,14 +117,23 @@ class MultiHeadAttention(nn.Module):
         Args:
             query: (B, Tq, dim) query sequence.
             key: (B, Tk, dim) key sequence, also used for the values.
-            partner: Another module of the same class and size for the second half of the batch:
-                query and key then stack two batches, (2B, T, dim), and the result is
-                ``cat([self(query[:B], key[:B]), partner(query[B:], key[B:])])``, computed with
-                the two modules' weights stacked (see :meth:`_linear`) on the CPU.
+            partner: Another module of the same class, size, dropout and train/eval mode for the
+                second half of the batch: query and key then stack two batches, (2B, T, dim),
+                and the result is ``cat([self(query[:B], key[:B]), partner(query[B:], key[B:])])``.
+                On the CPU it is computed with the two modules' weights stacked (see
+                :meth:`_linear`), so the partner's own forward (and its hooks) do not run, and
+                one dropout draw covers both halves; elsewhere the partner is called on its half.
 
         Returns:
-            (B, Tq, dim) attention output after the output projection.
+            (B, Tq, dim) attention output after the output projection; (2B, Tq, dim) with a
+            partner.
+
+        Raises:
+            ValueError: A partner that differs in class, size, dropout or mode, or query and key
+                batches that are not the same even size.
         """
+        if partner is not None:
+            self._check_partner(partner, query, key)
         if partner is not None and query.device.type != "cpu":  # the fused kernel path: one module each
             (q1, q2), (k1, k2) = query.chunk(2, dim=0), key.chunk(2, dim=0)
             return torch.cat([self(q1, k1), partner(q2, k2)], dim=0)
@@ -222,8 +243,9 @@ class GlobalContextAttention(MultiHeadAttention):
         Args:
             query: (B, Tq, dim) query sequence.
             key: (B, Tk, dim) key sequence.
-            partner: The module for the second half of the batch (see :meth:`forward`); its
-                projections and gate vectors serve rows ``[B/2, B)``.
+            partner: The module for the second half of the batch (see :meth:`forward`): with
+                one, query and key stack two batches and the partner's projections and gate
+                vectors serve the second.
 
         Returns:
             (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model).
