@@ -558,7 +558,7 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
               f"{r / rate['A']:>6.1f}x   {lo:.0f}-{hi:.0f}")
     print("\nSpeed-ups (paired: median over rounds of each ratio, with its range)")
     lines = [
-        ("B / A", f"fast path vs reference, HAN's batch 16 fp32 (the target: >= 2x)"),
+        ("B / A", "fast path vs reference, HAN's batch 16 fp32 (the target: >= 2x)"),
         ("B0 / A", "  of which the data path, pooling first and the allocator"),
         ("C / A'", f"fast path vs reference, batch 64 {prec}"),
         ("C0 / A'", "  of which the data path, pooling first and the allocator"),
