@@ -115,6 +115,8 @@ def test_gcaa_expanded_scores_equal_the_gated_form(heads: int) -> None:
     gated = q @ k.transpose(-1, -2)  # (B, nh, Tq, Tk)
     expanded = attn.scores(query, key)
     torch.testing.assert_close(expanded, gated, rtol=1e-12, atol=1e-12)
+    # The bf16 test below takes this as its gated reference: it must stay q^ k^T, not q k^T.
+    torch.testing.assert_close(MultiHeadAttention.scores(attn, query, key), gated, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads(attn.scores(query, key)), grads(gated)):
         if want is None:  # v_proj, out_proj: not in the scores
             assert got is None

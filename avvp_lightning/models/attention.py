@@ -161,8 +161,11 @@ class MultiHeadAttention(nn.Module):
             (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model); the product
             itself runs in the autocast dtype.
         """
-        q = self._split(self._linear("q_proj", query, partner))  # (B, nh, Tq, hd)
-        k = self._split(self._linear("k_proj", key, partner))  # (B, nh, Tk, hd)
+        if partner is None:  # through queries_keys: on a GCAA module this is q^ k^T of the gated form
+            q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
+        else:
+            q = self._split(self._linear("q_proj", query, partner))  # (B, nh, Tq, hd)
+            k = self._split(self._linear("k_proj", key, partner))  # (B, nh, Tk, hd)
         return (q @ k.transpose(-1, -2)).to(_at_least_float32(q.dtype))  # (B, nh, Tq, Tk)
 
 
