@@ -371,7 +371,7 @@ class RemoteCase:
 
     @property
     def model(self) -> AVVPParser:
-        """A copy of the worker's model, with its current weights, in this process."""
+        """A copy of the worker's model, with its current weights, in this process (each access asks the worker)."""
         model = AVVPParser(architecture="han")
         model.load_state_dict(self.worker.call("state_dict", self.key))
         return model.to(self.device)
@@ -524,11 +524,12 @@ def main(argv: list[str] | None = None) -> None:
                 round_("after the fits")  # brackets the fits, so that load drifts hit both sides
 
             test_batches = ResidentBatches(data["test"].filenames, tensors["test"], 64, device=device)
-            scores = {case.key: evaluate_ours(test_batches, device, case.model, False)[1] for case in cases}
+            models = {case.key: case.model for case in cases}  # A and A': fetched from the worker once
+            scores = {key: evaluate_ours(test_batches, device, model, False)[1] for key, model in models.items()}
             print("test segment Type@AV after the timed epochs (%): "
                   + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), flush=True)
             ref_eval = cases[0].evaluate_reference()  # A's trained model, in the worker
-            model = cases[0].model  # the same weights here (it also takes pooled input)
+            model = models["A"]  # the same weights here (it also takes pooled input)
             evaluate_ours(test_batches, device, model, bf16)  # warm-up
             ours_eval = evaluate_ours(test_batches, device, model, bf16)
         finally:
