@@ -17,6 +17,7 @@ from avvp_lightning.models import (
     dann_alpha,
     grad_reverse,
 )
+from avvp_lightning.models.attention import _PairedLinear
 from avvp_lightning.models.parser import AttentiveMMILPooling, BaseLayer
 
 B, T, C = 3, 10, 25
@@ -169,6 +170,39 @@ def test_partner_attention_equals_each_module_on_its_half(cls, heads: int) -> No
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the stacked products under mixed precision too
         mixed = first.float()(x.float(), y.float(), partner=second.float())
     torch.testing.assert_close(mixed.double(), apart, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_paired_linear_is_two_linears_with_gradients_in_the_weights_layout(bias: bool) -> None:
+    """``_PairedLinear``: ``x[i] @ w_i^T + b_i``, its gradients, and weight gradients as contiguous as
+    the weights (through autograd they were transposed views that AccumulateGrad had to copy)."""
+    torch.manual_seed(6)
+    x = torch.randn(2, 12, 8, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn(5, 8, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    b = [torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None for _ in range(2)]
+    leaves = [x, *w, *(b if bias else [])]
+    weights = torch.randn(2, 12, 5, dtype=torch.float64)
+
+    got = _PairedLinear.apply(x, w[0], w[1], b[0], b[1])  # (2, 12, 5)
+    want = torch.stack([nn.functional.linear(x[i], w[i], b[i]) for i in range(2)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    got_grads = torch.autograd.grad((got * weights).sum(), leaves)
+    for g, ref, leaf in zip(got_grads, torch.autograd.grad((want * weights).sum(), leaves), leaves):
+        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
+        assert g.dtype == leaf.dtype and g.stride() == leaf.stride()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # products in bf16, gradients in the leaves' dtypes
+        leaves32 = [t.detach().float().requires_grad_() for t in leaves]
+        x32, w32 = leaves32[0], leaves32[1:3]
+        b32 = leaves32[3:] if bias else [None, None]
+        mixed = _PairedLinear.apply(x32, w32[0], w32[1], b32[0], b32[1])
+        ref = torch.stack([nn.functional.linear(x32[i], w32[i], b32[i]) for i in range(2)])  # (2, 12, 5) bf16
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed, ref)
+    for g, r, leaf in zip(torch.autograd.grad((mixed.float() * weights.float()).sum(), leaves32),
+                          torch.autograd.grad((ref.float() * weights.float()).sum(), leaves32), leaves32):
+        assert g.dtype == torch.float32 and g.stride() == leaf.stride()
+        torch.testing.assert_close(g, r, rtol=0.02, atol=0.02 * float(r.abs().max()))
 
 
 @pytest.mark.parametrize("attention", ["mha", "gcaa"])

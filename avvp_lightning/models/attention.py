@@ -40,6 +40,53 @@ def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+class _PairedLinear(torch.autograd.Function):
+    """Two linear layers on the two halves of a stack, as one batched product, with its backward.
+
+    ``forward(x, w0, w1, b0, b1)``: x (2, N, in), weights (out, in), biases (out,) or None ->
+    (2, N, out), ``x[i] @ w_i^T + b_i``. Under autocast the products run in its dtype, as
+    autocast runs ``bmm``. Written out because through autograd the weights, stacked and
+    transposed, got their gradients as transposed views, which ``AccumulateGrad`` then copied
+    into the weights' own layout: 0.6 ms per 512 x 512 weight on the 2-core development CPU,
+    12 weights per training step of the paper's model. Here the weight gradients come out of
+    the product in the weights' layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w0: Tensor, w1: Tensor, b0: Tensor | None, b1: Tensor | None) -> Tensor:  # noqa: D102
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.get_autocast_dtype(x.device.type)):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(dtype)  # (2, N, in)
+            w = torch.empty((2, *w0.shape), dtype=dtype, device=x.device)  # (2, out, in): one cast each
+            w[0].copy_(w0)
+            w[1].copy_(w1)
+            if b0 is None:
+                out = torch.bmm(xc, w.transpose(1, 2))  # (2, N, out)
+            else:
+                b = torch.empty((2, 1, w0.shape[0]), dtype=dtype, device=x.device)  # (2, 1, out)
+                b[0, 0].copy_(b0)
+                b[1, 0].copy_(b1)
+                out = torch.baddbmm(b, xc, w.transpose(1, 2))  # (2, N, out)
+        ctx.save_for_backward(xc, w)
+        ctx.dtypes = (x.dtype, w0.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        xc, w = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        need_x, need_w0, need_w1, need_b0, need_b1 = ctx.needs_input_grad
+        grad = grad.to(xc.dtype)  # (2, N, out)
+        with torch.autocast(xc.device.type, enabled=False):
+            gx = torch.bmm(grad, w).to(x_dtype) if need_x else None  # (2, N, in)
+            gw = torch.bmm(grad.transpose(1, 2), xc).to(w_dtype) if need_w0 or need_w1 else None  # (2, out, in)
+            gb = grad.sum(1).to(w_dtype) if need_b0 or need_b1 else None  # (2, out)
+        return (gx, gw[0] if need_w0 else None, gw[1] if need_w1 else None,
+                gb[0] if need_b0 else None, gb[1] if need_b1 else None)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head scaled dot-product attention.
 
@@ -73,20 +120,16 @@ class MultiHeadAttention(nn.Module):
 
         With a ``partner`` (checked by :meth:`forward`), ``x`` (2B, T, in) stacks two inputs:
         rows ``[0, B)`` go through this module's layer and rows ``[B, 2B)`` through the
-        partner's, as one batched product. On the 2-core development CPU that was faster than
-        two products of half the rows (oneDNN ran bf16 products of 640 rows at one thread's
-        speed there).
+        partner's, as one batched product (:class:`_PairedLinear`). On the 2-core development
+        CPU that was faster than two products of half the rows (oneDNN ran bf16 products of
+        640 rows at one thread's speed there).
         """
         layer = getattr(self, name)
         if partner is None:
             return layer(x)
         other = getattr(partner, name)
-        weight = torch.stack([layer.weight, other.weight]).transpose(1, 2)  # (2, in, out)
         x2 = x.reshape(2, -1, x.shape[-1])  # (2, B*T, in)
-        if layer.bias is None:
-            out = torch.bmm(x2, weight)  # (2, B*T, out)
-        else:
-            out = torch.baddbmm(torch.stack([layer.bias, other.bias]).unsqueeze(1), x2, weight)  # (2, B*T, out)
+        out = _PairedLinear.apply(x2, layer.weight, other.weight, layer.bias, other.bias)  # (2, B*T, out)
         return out.view(*x.shape[:-1], out.shape[-1])  # (2B, T, out)
 
     def _check_partner(self, partner: MultiHeadAttention, query: Tensor, key: Tensor) -> None:
