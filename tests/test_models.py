@@ -464,6 +464,38 @@ def test_dropout_keeps_one_minus_p_and_rescales() -> None:
         dropout(x, 1.5)
 
 
+@pytest.mark.parametrize("p", [0.1, 1 / 3, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_dropout_mask_is_the_documented_threshold_on_the_draws(monkeypatch, p: float, dtype: torch.dtype) -> None:
+    """Keep exactly when floor(u / 2) >= -2**30 + round(p * 2**31), u the 32-bit draws: at the
+    threshold, one below it, at both ends of the range, and on random draws (written with NumPy)."""
+    import numpy as np
+
+    from avvp_lightning.models import dropout as module
+
+    at = -(2**30) + round(p * 2**31)  # the smallest kept value of floor(u / 2)
+    edges = np.array([2 * at, 2 * at + 1, 2 * at - 1, 2 * at - 2, -(2**31), 2**31 - 1, 0, -1], dtype=np.int64)
+    draws = np.concatenate([edges, np.random.default_rng(0).integers(-(2**31), 2**31, 1001)]).astype(np.int32)
+    raw = np.concatenate([draws, np.zeros(1, np.int32)]).view(np.uint64)  # as SFC64 hands them out, two a word
+
+    class Fixed:
+        def __init__(self, seed: int) -> None:
+            pass
+
+        def random_raw(self, size: int) -> np.ndarray:
+            assert size == (len(draws) + 1) // 2
+            return raw[:size].copy()
+
+    monkeypatch.setattr(module.np.random, "SFC64", Fixed)
+    x = torch.ones(len(draws), dtype=dtype)
+    y = module.dropout(x, p)
+    keep = torch.from_numpy((draws.astype(np.int64) // 2) >= at)
+    assert keep[:6].tolist() == [True, True, False, False, False, True]
+    assert torch.equal(y != 0, keep) and y.dtype == dtype
+    scale = torch.tensor(1 / (1 - p), dtype=dtype)  # 1 / (1 - p) rounded to the dtype
+    assert torch.equal(y[keep], scale.expand(int(keep.sum())))
+
+
 def test_dropout_is_seeded_dtype_preserving_and_differentiable() -> None:
     from avvp_lightning.models.dropout import Dropout, dropout
 
