@@ -190,6 +190,9 @@ def test_paired_linear_is_two_linears_with_gradients_in_the_weights_layout(bias:
     for g, ref, leaf in zip(got_grads, torch.autograd.grad((want * weights).sum(), leaves), leaves):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
         assert g.dtype == leaf.dtype and g.stride() == leaf.stride()
+    (gx,) = torch.autograd.grad((_PairedLinear.apply(x, w[0], w[1], b[0], b[1]) ** 2).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # no silently wrong second order
+        gx.pow(2).sum().backward()
 
     with torch.autocast("cpu", dtype=torch.bfloat16):  # products in bf16, gradients in the leaves' dtypes
         leaves32 = [t.detach().float().requires_grad_() for t in leaves]
