@@ -45,19 +45,20 @@ class _PairedLinear(torch.autograd.Function):
 
     ``forward(x, w0, w1, b0, b1)``: x (2, N, in), weights (out, in), biases (out,) or None ->
     (2, N, out), ``x[i] @ w_i^T + b_i``. Under autocast a float32 ``x`` is multiplied in the
-    autocast dtype, as autocast runs ``bmm``. Written out because through autograd the weights, stacked and
-    transposed, got their gradients as transposed views, which ``AccumulateGrad`` then copied
-    into the weights' own layout: 0.6 ms per 512 x 512 weight on the 2-core development CPU,
-    12 weights per training step of the paper's model. Here the weight gradients come out of
-    the product in the weights' layout. Differentiable once (no double backward).
+    autocast dtype, as autocast runs ``bmm``. Written out because through autograd the weights,
+    stacked and transposed, got their gradients as transposed views, which ``AccumulateGrad``
+    then copied into the weights' own layout: 0.6 ms per 512 x 512 weight on the 2-core
+    development CPU, 12 weights per training step of the paper's model. Here the weight
+    gradients come out of the product in the weights' layout. Differentiable once (no double
+    backward).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, w0: Tensor, w1: Tensor, b0: Tensor | None, b1: Tensor | None) -> Tensor:  # noqa: D102
-        dtype = x.dtype
-        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.get_autocast_dtype(x.device.type)):
-            dtype = torch.get_autocast_dtype(x.device.type)
-        with torch.autocast(x.device.type, enabled=False):
+        device, dtype = x.device.type, x.dtype
+        if torch.is_autocast_enabled(device) and dtype in (torch.float32, torch.get_autocast_dtype(device)):
+            dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
             xc = x.to(dtype)  # (2, N, in)
             w = torch.empty((2, *w0.shape), dtype=dtype, device=x.device)  # (2, out, in): one cast each
             w[0].copy_(w0)
