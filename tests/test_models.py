@@ -100,6 +100,12 @@ def test_gcaa_matches_hand_computation(heads):
     assert torch.allclose(attn(query, key), expected, atol=1e-5)
 
 
+def _gated_scores(attn: GlobalContextAttention, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``q^ k^T`` of the gated ``q^``, ``k^``, the product in the autocast dtype, then float32 (or float64)."""
+    q, k = attn.queries_keys(query, key)  # (B, nh, T, hd) gated
+    return (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32))  # (B, nh, Tq, Tk)
+
+
 @pytest.mark.parametrize("heads", [1, 2])
 def test_gcaa_expanded_scores_equal_the_gated_form(heads: int) -> None:
     """The CPU path's scores (expanded, no q^/k^ formed) equal q^ k^T, values and gradients."""
@@ -116,8 +122,7 @@ def test_gcaa_expanded_scores_equal_the_gated_form(heads: int) -> None:
     gated = q @ k.transpose(-1, -2)  # (B, nh, Tq, Tk)
     expanded = attn.scores(query, key)
     torch.testing.assert_close(expanded, gated, rtol=1e-12, atol=1e-12)
-    # The bf16 test below takes this as its gated reference: it must stay q^ k^T, not q k^T.
-    torch.testing.assert_close(MultiHeadAttention.scores(attn, query, key), gated, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_gated_scores(attn, query, key), gated, rtol=1e-12, atol=1e-12)  # the bf16 test's
     for got, want in zip(grads(attn.scores(query, key)), grads(gated)):
         if want is None:  # v_proj, out_proj: not in the scores
             assert got is None
@@ -142,7 +147,7 @@ def test_gcaa_expanded_scores_under_bf16_autocast_are_as_close_as_the_gated_form
             attn.float()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 expanded = attn.scores(query, key)
-                gated = MultiHeadAttention.scores(attn, query, key)  # q^ k^T of the gated q^, k^
+                gated = _gated_scores(attn, query, key)  # q^ k^T of the gated q^, k^
         assert expanded.dtype == gated.dtype == torch.float32
         assert (expanded.double() - exact).abs().max() < 0.05 * exact.abs().max()
         err_expanded += float((expanded.double() - exact).abs().mean())

@@ -12,8 +12,9 @@ Values are projected the same way in both, and the attention core is
 ``softmax(q k^T / sqrt(hd))``, dropout on the weights, times ``v``: written out on the CPU
 (about twice as fast as the fused kernel there at T = 10),
 :func:`torch.nn.functional.scaled_dot_product_attention` elsewhere. On the CPU, GCAA's scores
-``q^ k^T`` are expanded into products of the plain projections and the contexts, so that the
-full-size gated queries and keys are never formed (see :meth:`GlobalContextAttention.scores`).
+``q^ k^T`` and its gates come from one product of the plain projections stacked with the
+contexts and gate vectors, so that the full-size gated queries and keys are never formed (see
+:meth:`GlobalContextAttention.scores`).
 Self-attention is ``attn(x, x)``; cross-modal attention is ``attn(x, other)``. Two modules of one
 class can run as one over a stacked batch, ``first(x, x, partner=second)``: on the CPU each
 projection is then one batched product of both modules' weights. The Base layer's per-modality
@@ -79,8 +80,7 @@ class _PairedLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         xc, w = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
-        need_x, need_w0, need_w1, need_b0, need_b1 = ctx.needs_input_grad
-        grad = grad.to(xc.dtype)  # (2, N, out)
+        need_x, need_w0, need_w1, need_b0, need_b1 = ctx.needs_input_grad  # grad: (2, N, out), like the output
         with torch.autocast(xc.device.type, enabled=False):
             gx = torch.bmm(grad, w).to(x_dtype) if need_x else None  # (2, N, in)
             gw = torch.bmm(grad.transpose(1, 2), xc).to(w_dtype) if need_w0 or need_w1 else None  # (2, out, in)
@@ -154,7 +154,12 @@ class MultiHeadAttention(nn.Module):
         Returns:
             Queries (B, heads, Tq, head_dim) and keys (B, heads, Tk, head_dim).
         """
-        return self._split(self.q_proj(query)), self._split(self.k_proj(key))
+        return self._projections(query, key)
+
+    def _projections(self, query: Tensor, key: Tensor, partner: MultiHeadAttention | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """``W_q query`` and ``W_k key``, (B, heads, T, head_dim) each (with a partner: see :meth:`_linear`)."""
+        return self._split(self._linear("q_proj", query, partner)), self._split(self._linear("k_proj", key, partner))
 
     def forward(self, query: Tensor, key: Tensor, partner: MultiHeadAttention | None = None) -> Tensor:
         """Attend from every query position over the key sequence.
@@ -206,11 +211,7 @@ class MultiHeadAttention(nn.Module):
             (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model); the product
             itself runs in the autocast dtype.
         """
-        if partner is None:  # through queries_keys: on a GCAA module this is q^ k^T of the gated form
-            q, k = self.queries_keys(query, key)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
-        else:
-            q = self._split(self._linear("q_proj", query, partner))  # (B, nh, Tq, hd)
-            k = self._split(self._linear("k_proj", key, partner))  # (B, nh, Tk, hd)
+        q, k = self._projections(query, key, partner)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
         return (q @ k.transpose(-1, -2)).to(_at_least_float32(q.dtype))  # (B, nh, Tq, Tk)
 
 
@@ -299,8 +300,7 @@ class GlobalContextAttention(MultiHeadAttention):
             (B, heads, Tq, Tk) scores in float32 (float64 for a float64 model).
         """
         batch, tq, tk = query.shape[0], query.shape[1], key.shape[1]
-        q = self._split(self._linear("q_proj", query, partner))  # (B, nh, Tq, hd)
-        k = self._split(self._linear("k_proj", key, partner))  # (B, nh, Tk, hd)
+        q, k = self._projections(query, key, partner)  # (B, nh, Tq, hd), (B, nh, Tk, hd)
         q_c = self._split(self._linear("q_context", query.sum(dim=1, keepdim=True) / tq, partner))  # (B, nh, 1, hd)
         k_c = self._split(self._linear("k_context", key.sum(dim=1, keepdim=True) / tk, partner))  # (B, nh, 1, hd)
         dtype = q.dtype  # the autocast dtype under autocast
