@@ -19,6 +19,8 @@ synthetic LLP set at the real feature sizes, generated into a temporary folder::
         default precision: bf16-mixed where native) with ``--data.store`` and
         ``--data.device_resident``; F-HAN the same with HAN's model.
     C+comp  (``--compile``) C with ``torch.compile``; its compilation time is printed apart.
+    F+comp  (``--compile``) F with ``--run.compile`` (the parser's blocks compiled; compilation
+        falls in the warm-up epoch).
     E   a full evaluation of the test videos (forward, HAN's decision rule, all ten metrics): the
         reference's way (per-file loading, one video a step, float32, per-video Python metrics)
         and ours (store, batch 64, vectorized metrics).
@@ -240,9 +242,10 @@ class EpochTimer(Callback):
 
 
 def run_fit(root: Path, out: Path, device: torch.device, epochs: int, han: bool,
-            paired: Callable[[], float] | None = None) -> EpochTimer:
+            paired: Callable[[], float] | None = None, compile: bool = False) -> EpochTimer:
     """``avvp-finetune fit`` (the real CLI, defaults.yaml first: fused Adam, bf16-mixed where native)
-    plus the timer; epoch 1 is warm-up. ``paired`` runs after each timed epoch (see EpochTimer)."""
+    plus the timer; epoch 1 is warm-up (and compilation, with ``compile``: ``--run.compile``).
+    ``paired`` runs after each timed epoch (see EpochTimer)."""
     timer = EpochTimer(paired)
 
     class TimedCLI(FinetuneCLI):
@@ -254,7 +257,8 @@ def run_fit(root: Path, out: Path, device: torch.device, epochs: int, han: bool,
             "--trainer.max_epochs", str(epochs + 1),
             "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu", "--trainer.devices", "1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--run.output_dir", str(out), "--run.name", "han" if han else "paper"]
+            "--run.output_dir", str(out), "--run.name", ("han" if han else "paper") + ("-compiled" if compile else ""),
+            *(["--run.compile=true"] if compile else [])]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own flags
     try:
         TimedCLI(ParserModule, LLPDataModule, args=args)
@@ -438,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="DataLoader workers of the reference design (default: 0 on CPU, HAN's 12 on GPU)")
     parser.add_argument("--skip-fit", action="store_true", help="skip the avvp-finetune fit cases")
     parser.add_argument("--compile", action="store_true",
-                        help="add case C+comp (torch.compile; on a CPU compilation takes minutes)")
+                        help="add cases C+comp (torch.compile) and F+comp (fit with --run.compile); on a CPU "
+                             "compilation takes minutes")
     parser.add_argument("--data", default=None, help="folder for the generated data (default: a temporary one)")
     opts = parser.parse_args(argv)
     device = torch.device(opts.device)
@@ -517,8 +522,10 @@ def main(argv: list[str] | None = None) -> None:
             fits = {}
             if not opts.skip_fit:
                 paired = lambda: cases[0].epoch(record=False)  # noqa: E731  (an A epoch, kept out of A's rounds)
-                for key, han in (("F", False), ("F-HAN", True)):
-                    fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired)
+                for key, han, comp in (("F", False, False), ("F-HAN", True, False), ("F+comp", False, True)):
+                    if comp and not opts.compile:
+                        continue
+                    fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired, comp)
                     print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s; A right after "
                           "each: " + ", ".join(f"{r:.0f}" for r in fits[key].paired_rates), flush=True)
                 round_("after the fits")  # brackets the fits, so that load drifts hit both sides
@@ -547,7 +554,8 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     for key, timer in fits.items():
         if timer.rates:
             rate[key] = statistics.median(timer.rates)
-            label = "avvp-finetune fit, " + {"F": "paper model + settings", "F-HAN": "HAN model"}[key]
+            label = "avvp-finetune fit, " + {"F": "paper model + settings", "F-HAN": "HAN model",
+                                             "F+comp": "paper model, --run.compile"}[key]
             rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
                          rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
     print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "
@@ -566,6 +574,8 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
         ("C / A", "ours at our settings vs the reference at HAN's"),
         ("F / A", f"avvp-finetune fit, paper model and settings ({prec}), vs the reference at HAN's (>= 4x)"),
         ("F-HAN / A", f"avvp-finetune fit, HAN's model at batch 64 {prec}, vs the reference at HAN's"),
+        ("F+comp / A", "F with --run.compile (torch.compile of the parser's blocks)"),
+        ("C+comp / A", "C with torch.compile"),
     ]
     # Paired ratios: each round's (or each fit epoch's) rate over the reference epoch run next to
     # it, then the median over rounds. Drift on a shared machine moves neighbours alike, so these

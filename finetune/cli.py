@@ -9,7 +9,7 @@ Examples::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from pytorch_lightning.cli import ArgsType
 
@@ -28,6 +28,24 @@ class FinetuneCLI(AVVPCLI):
         super().add_arguments_to_parser(parser)
         for dim in ("audio_dim", "visual_dim", "motion_dim"):
             parser.link_arguments(f"data.{dim}", f"model.{dim}")
+        parser.add_argument("--run.compile", type=bool, default=False,
+                            help="torch.compile the parser's encoder layers, pooling and discriminator in "
+                                 "place (checkpoints unchanged). Off by default: on the 2-core development "
+                                 "CPU it did not pay off (benchmarks/README.md); meant for GPUs, where "
+                                 "small kernels dominate a step. Dropout inside compiled blocks is "
+                                 "torch's own (other random draws on the CPU).")
+        parser.add_argument("--run.compile_mode", type=Optional[str], default=None,
+                            help="torch.compile mode with --run.compile, e.g. reduce-overhead (CUDA graphs) "
+                                 "or max-autotune; default: torch's default mode.")
+        parser.add_argument("--run.compile_backend", type=str, default="inductor",
+                            help="torch.compile backend with --run.compile (inductor; eager or aot_eager "
+                                 "to debug).")
+
+    def start_run(self) -> None:
+        super().start_run()
+        cfg = self.config[self.subcommand].run
+        if cfg.compile:
+            self.model.parser.compile_blocks(backend=cfg.compile_backend, mode=cfg.compile_mode)
 
 
 

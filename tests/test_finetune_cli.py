@@ -141,3 +141,32 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> N
         assert native_bf16("auto") == (avx512_bf16 or amx)
         assert native_bf16("cpu") == (avx512_bf16 or amx)
     assert native_bf16("mps") is False
+
+
+def test_compile_option_compiles_the_blocks_and_keeps_the_function(tiny_root: Path, tmp_path: Path) -> None:
+    """``--run.compile`` compiles the parser's blocks in place: checkpoints load either way and,
+    without dropout (compiled blocks draw their own masks), fit and test give the eager numbers.
+    The ``eager`` backend runs dynamo's captured graphs as they are (no code generation)."""
+    from torch._dynamo.utils import counters
+
+    base = [*small_args(tiny_root, tmp_path), "--model.dropout=0", "--trainer.max_epochs=1",
+            "--trainer.precision=32-true"]
+    compiled = ["--run.compile=true", "--run.compile_backend=eager"]
+    torch._dynamo.reset()
+    counters.clear()
+    for name, extra in (("eager", []), ("compiled", compiled)):
+        main(["fit", *base, "--run.name", name, *extra])
+        main(["test", *base, "--run.name", name, "--ckpt_path", "last", *extra])
+        if name == "eager":
+            assert counters["stats"]["unique_graphs"] == 0
+    # layers, pooling, discriminator: a training and an evaluation graph each at least
+    assert counters["stats"]["unique_graphs"] >= 6
+    weights = {name: torch.load(tmp_path / name / "seed0" / "checkpoints" / "last.ckpt", weights_only=True,
+                                map_location="cpu")["state_dict"] for name in ("eager", "compiled")}
+    assert weights["eager"].keys() == weights["compiled"].keys()  # no ``_orig_mod.`` prefixes
+    for key, value in weights["eager"].items():
+        torch.testing.assert_close(weights["compiled"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    scores = {name: json.loads((tmp_path / name / "seed0" / "test" / "metrics.json").read_text())
+              for name in ("eager", "compiled")}
+    for key in METRIC_KEYS:
+        assert scores["compiled"][key] == pytest.approx(scores["eager"][key], abs=1e-6), key

@@ -536,3 +536,28 @@ def test_attention_cpu_core_equals_the_fused_kernel() -> None:
     attn.train()  # dropout on the weights: each output row is a partial mix of the values
     torch.manual_seed(1)
     assert not torch.allclose(attn(x, y), attn.out_proj(fused))
+
+
+@pytest.mark.parametrize("architecture", ["han", "base"])
+def test_compiled_blocks_trace_without_graph_breaks(architecture: str) -> None:
+    """``compile_blocks``: one graph per block (the per-step GRL strength stays outside, so no
+    recompiles), and dropout traced as ``F.dropout`` (the CPU's NumPy draws would break the graph)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    gcaa = architecture == "base"
+    model = AVVPParser(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16, ffn_dim=16, dropout=0.5,
+                       architecture=architecture, attention="gcaa" if gcaa else "mha", skip=gcaa, adversarial=True)
+    model.compile_blocks(backend="eager")
+    for step in range(3):
+        out = model(torch.randn(4, 10, 8), torch.randn(4, 10, 8), torch.randn(4, 10, 4), grl_alpha=0.3 * step)
+        (out["video_prob"].sum() + out["modality_logit"].sum()).backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 3  # the layer, the pooling, the discriminator
+    assert all(p.grad is not None for p in model.parameters())
+    assert set(model.state_dict()) == set(AVVPParser(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16,
+                                                      ffn_dim=16, architecture=architecture,
+                                                      attention="gcaa" if gcaa else "mha", skip=gcaa,
+                                                      adversarial=True).state_dict())

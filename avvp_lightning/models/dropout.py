@@ -13,7 +13,8 @@ comparison and ``torch.where`` went through bool tensors, three times slower on 
 CPU. Every call seeds SFC64 with one 63-bit draw from torch's default generator, the one
 ``seed_everything`` seeds and checkpoints save, so runs stay reproducible and resumable. It is
 the same random function as ``nn.Dropout``; only the random stream differs. On other devices
-(where ``F.dropout`` is a fused kernel) and in eval mode it is ``nn.Dropout``.
+(where ``F.dropout`` is a fused kernel), inside ``torch.compile`` (which fuses its own dropout,
+and would otherwise break its graph at the NumPy call) and in eval mode it is ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
     dropped = round(p * 2**31)  # of the 2**31 values of the top 31 bits, this many drop
-    if x.device.type != "cpu" or dropped >= 2**31:  # (p within 2**-32 of 1: all dropped)
+    if x.device.type != "cpu" or dropped >= 2**31 or torch.compiler.is_compiling():
+        # (p within 2**-32 of 1: all dropped; under torch.compile, the compiler's own dropout)
         return F.dropout(x, 1.0 if dropped >= 2**31 else p, training=True)
     n = x.numel()
     seed = int(torch.randint(0, 2**63 - 1, ()))  # from torch's seeded default generator

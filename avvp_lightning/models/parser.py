@@ -16,7 +16,7 @@ modalities runs once over both; ``x.roll(B, 0)`` is "the other modality".
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -264,6 +264,26 @@ class AVVPParser(nn.Module):
         )  # distinct weights per layer; each layer is fed the previous one's output
         self.pool = AttentiveMMILPooling(hidden_dim, num_classes)
         self.discriminator = ModalityDiscriminator(hidden_dim) if adversarial else None
+
+    def compile_blocks(self, **options: Any) -> None:
+        """``torch.compile`` the encoder layers, the pooling and the discriminator, in place.
+
+        Each block is compiled with ``nn.Module.compile``, so parameter names, ``state_dict``
+        and checkpoints stay those of the eager model. The glue in :meth:`forward` (input
+        projections, stacking, the gradient reversal with its per-step float strength) stays
+        eager: a float argument inside a compiled frame would be a constant, recompiled every
+        step. Inside compiled code, dropout is ``F.dropout`` on every device (see
+        :func:`~avvp_lightning.models.dropout.dropout`), so a compiled CPU run draws other masks
+        than an eager one; without dropout the function is the same.
+
+        Args:
+            **options: Passed to ``torch.compile`` (``backend``, ``mode``, ...).
+        """
+        blocks: list[nn.Module] = [*self.layers, self.pool]
+        if self.discriminator is not None:
+            blocks.append(self.discriminator)
+        for block in blocks:
+            block.compile(**options)
 
     def _check(self, name: str, x: Tensor | None, batch: int, length: int | None, dim: int) -> None:
         """Raise DataError unless ``x`` is (batch, length, dim) (any length when None)."""
