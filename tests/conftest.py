@@ -1,6 +1,7 @@
 """Test settings: W&B off (no network, no prompt), data cached in a per-session folder."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,13 @@ def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep generated default datasets out of the user's cache."""
     if "AVVP_DATA_DIR" not in os.environ:
         os.environ["AVVP_DATA_DIR"] = str(tmp_path_factory.mktemp("avvp_data"))
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """torch.compile's (dynamo's) caches empty before and after the test: no graphs leak between tests."""
+    import torch
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -143,30 +143,67 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> N
     assert native_bf16("mps") is False
 
 
-def test_compile_option_compiles_the_blocks_and_keeps_the_function(tiny_root: Path, tmp_path: Path) -> None:
-    """``--run.compile`` compiles the parser's blocks in place: checkpoints load either way and,
-    without dropout (compiled blocks draw their own masks), fit and test give the eager numbers.
-    The ``eager`` backend runs dynamo's captured graphs as they are (no code generation)."""
-    from torch._dynamo.utils import counters
 
-    base = [*small_args(tiny_root, tmp_path), "--model.dropout=0", "--trainer.max_epochs=1",
-            "--trainer.precision=32-true"]
+def test_compile_option_compiles_the_blocks_and_keeps_the_function(tiny_root: Path, tmp_path: Path,
+                                                                   fresh_dynamo: None) -> None:
+    """``fit --run.compile`` compiles the parser's blocks in place: checkpoints move between
+    compiled and eager runs and, without dropout (compiled blocks draw their own masks), the
+    weights and test metrics are the eager ones. The ``eager`` backend runs dynamo's captured
+    graphs as they are (no code generation)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from avvp_lightning.models.parser import AttentiveMMILPooling, BaseLayer
+
+    def graphs() -> int:  # compiled versions of the Base layer's and the pooling's forward
+        return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in (BaseLayer.forward, AttentiveMMILPooling.forward))
+
+    base = [*small_args(tiny_root, tmp_path), "--model.dropout=0", "--trainer.max_epochs=1"]
     compiled = ["--run.compile=true", "--run.compile_backend=eager"]
-    torch._dynamo.reset()
-    counters.clear()
-    for name, extra in (("eager", []), ("compiled", compiled)):
-        main(["fit", *base, "--run.name", name, *extra])
-        main(["test", *base, "--run.name", name, "--ckpt_path", "last", *extra])
-        if name == "eager":
-            assert counters["stats"]["unique_graphs"] == 0
-    # layers, pooling, discriminator: a training and an evaluation graph each at least
-    assert counters["stats"]["unique_graphs"] >= 6
+    main(["fit", *base, "--run.name", "eager"])
+    assert graphs() == 0
+    main(["fit", *base, "--run.name", "compiled", *compiled])
+    assert graphs() >= 4  # training and evaluation graphs of both blocks
+
     weights = {name: torch.load(tmp_path / name / "seed0" / "checkpoints" / "last.ckpt", weights_only=True,
                                 map_location="cpu")["state_dict"] for name in ("eager", "compiled")}
     assert weights["eager"].keys() == weights["compiled"].keys()  # no ``_orig_mod.`` prefixes
     for key, value in weights["eager"].items():
         torch.testing.assert_close(weights["compiled"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for name in ("eager", "compiled"):  # test runs eagerly, on either checkpoint
+        main(["test", *base, "--run.name", name, "--ckpt_path", "last", *compiled])
     scores = {name: json.loads((tmp_path / name / "seed0" / "test" / "metrics.json").read_text())
               for name in ("eager", "compiled")}
     for key in METRIC_KEYS:
         assert scores["compiled"][key] == pytest.approx(scores["eager"][key], abs=1e-6), key
+
+    # An eager run resumes compiled.
+    main(["fit", *base, "--run.name", "eager", "--trainer.max_epochs=2", "--ckpt_path", "last", *compiled])
+    last = tmp_path / "eager" / "seed0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 1
+
+
+def test_compile_callback_starts_each_fit_from_empty_caches(fresh_dynamo: None) -> None:
+    """The runs of a sweep share one process: without a reset their graphs would add up to
+    dynamo's recompile limit, after which blocks run eagerly without a word."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from avvp_lightning.finetune.cli import CompileBlocks
+    from avvp_lightning.finetune.module import ParserModule
+    from avvp_lightning.models.parser import BaseLayer
+
+    def graphs() -> int:
+        return len(_debug_get_cache_entry_list(BaseLayer.forward.__code__))
+
+    dims = dict(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16, ffn_dim=16)
+    batch = {"audio": torch.randn(2, 10, 8), "visual": torch.randn(2, 10, 8), "motion": torch.randn(2, 10, 4)}
+    earlier = ParserModule(**dims)  # an earlier run's model, still alive
+    CompileBlocks(backend="eager").setup(None, earlier, "fit")
+    earlier(batch)
+    assert graphs() == 1
+    module = ParserModule(**dims)
+    CompileBlocks(backend="eager").setup(None, module, "fit")
+    assert graphs() == 0
+    module(batch)
+    assert graphs() == 1
+    CompileBlocks(backend="eager").setup(None, module, "validate")  # only fit compiles (and resets)
+    assert graphs() == 1

@@ -539,12 +539,11 @@ def test_attention_cpu_core_equals_the_fused_kernel() -> None:
 
 
 @pytest.mark.parametrize("architecture", ["han", "base"])
-def test_compiled_blocks_trace_without_graph_breaks(architecture: str) -> None:
+def test_compiled_blocks_trace_without_graph_breaks(architecture: str, fresh_dynamo: None) -> None:
     """``compile_blocks``: one graph per block (the per-step GRL strength stays outside, so no
     recompiles), and dropout traced as ``F.dropout`` (the CPU's NumPy draws would break the graph)."""
     from torch._dynamo.utils import counters
 
-    torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
     gcaa = architecture == "base"

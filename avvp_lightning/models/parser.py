@@ -270,9 +270,9 @@ class AVVPParser(nn.Module):
 
         Each block is compiled with ``nn.Module.compile``, so parameter names, ``state_dict``
         and checkpoints stay those of the eager model. The glue in :meth:`forward` (input
-        projections, stacking, the gradient reversal with its per-step float strength) stays
-        eager: a float argument inside a compiled frame would be a constant, recompiled every
-        step. Inside compiled code, dropout is ``F.dropout`` on every device (see
+        projections, stacking, the gradient reversal) stays eager: the reversal reads its
+        per-step strength as a Python float, which a compiled frame would specialize on, one
+        recompilation per step. Inside compiled code, dropout is ``F.dropout`` on every device (see
         :func:`~avvp_lightning.models.dropout.dropout`), so a compiled CPU run draws other masks
         than an eager one; without dropout the function is the same.
 
