@@ -136,11 +136,58 @@ def test_pack_command(root: Path, capsys: pytest.CaptureFixture) -> None:
     assert "up to date" in capsys.readouterr().out
     with open(root / "AVVP_eval_audio.csv", "a") as f:
         f.write("\n")
-    assert data_main(["pack", str(root), *dims]) == 1
+    assert data_main(["pack", str(root), *dims]) == 2
     assert "AVVP_eval_audio.csv" in capsys.readouterr().err
     assert data_main(["pack", str(root), *dims, "--overwrite"]) == 0
     assert "packed train 40, val 11, test 13 videos" in capsys.readouterr().out
     read_store(root / "packed", ["val"], root=root, **DIMS)  # up to date again
+
+
+def test_pack_overwrite_replaces_only_a_store(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dims = ["--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    for out, match in ((root, "holds the dataset"), (tmp_path, "holds the dataset"),
+                       (notes, "not a packed store"), (root / "feats", "not a packed store"),
+                       (notes / "keep.txt", "a file, not a store folder")):
+        assert data_main(["pack", str(root), "--out", str(out), "--overwrite", *dims]) == 2, out
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err, err
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before  # nothing touched
+    assert (notes / "keep.txt").read_text() == "mine"
+    assert data_main(["pack", str(tmp_path / "nowhere"), *dims]) == 2
+    assert "no such dataset folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+
+
+def test_store_values_and_index_are_checked(root: Path) -> None:
+    store = root / "packed"
+    path = store / "test" / "audio.npy"
+    audio = np.load(path)
+    audio[7, 9, 3] = np.nan
+    np.save(path, audio)
+    filenames = json.loads((store / INDEX_FILE).read_text())["splits"]["test"]["filenames"]
+    with pytest.raises(DataError, match=rf"test/audio\.npy: NaN or infinite values in row 7 \(video {filenames[7]}\)"):
+        read_store(store, ["test"], root=root, **DIMS)
+    read_store(store, ["train"], root=root, **DIMS)  # other splits are fine
+
+    index = json.loads((store / INDEX_FILE).read_text())
+    short = json.loads(json.dumps(index))
+    short["splits"]["train"]["filenames"].pop()
+    for damaged, match in (({"version": 1}, "no 'source'"), ([], "not a JSON object"),
+                           (short, "39 video ids for arrays of \\[40\\] rows")):
+        (store / INDEX_FILE).write_text(json.dumps(damaged))
+        with pytest.raises(DataError, match=f"damaged store index .*{match}.*--overwrite"):
+            read_store(store, ["train"], root=root, **DIMS)
+        assert data_main(["pack", str(root), "--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]) == 2
+
+
+def test_store_of_another_root_names_both(root: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate_llp(other, num_train=40, num_val=11, num_test=13, seed=6, **DIMS)
+    with pytest.raises(DataError, match=rf"packed from \S+/llp, not from {other}, whose files differ"):
+        read_store(root / "packed", ["train"], root=other, **DIMS)
 
 
 # ----------------------------------------------------------------------- resident batches

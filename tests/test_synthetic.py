@@ -199,7 +199,7 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert main(["check", str(root), *dims]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and re.search(r"test\s+3 videos", out) and "(80, 32) float32" in out
-    assert main(["generate", str(root), "--small-dims"]) == 1  # exists
+    assert main(["generate", str(root), "--small-dims"]) == 2  # exists
     assert "already exists" in capsys.readouterr().err
     vid = video_id((root / "AVVP_val_pd.csv").read_text().splitlines()[1])
     (root / "feats" / "vggish" / f"{vid}.npy").unlink()

@@ -171,13 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
-    """Run ``avvp-data``; ``args`` as on the command line (default ``sys.argv[1:]``). Returns the exit code."""
+    """Run ``avvp-data``; ``args`` as on the command line (default ``sys.argv[1:]``).
+
+    Returns the exit code: 0, 1 when ``check`` found problems, 2 for an error (one ``error:`` line).
+    """
     parsed = build_parser().parse_args(args)
     try:
         return parsed.func(parsed)
     except (DataError, FileExistsError, ValueError) as err:
         print(f"avvp-data: error: {err}", file=sys.stderr)
-        return 1
+        return 2  # as for a bad option, and as avvp-finetune / avvp-pretrain
 
 
 if __name__ == "__main__":

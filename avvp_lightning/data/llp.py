@@ -47,7 +47,8 @@ MAX_LISTED = 20  # problems spelled out in one DataError; check_dataset returns 
 
 
 def raise_problems(problems: Sequence[str], what: str = "dataset") -> None:
-    """Raise one :class:`DataError` listing the problems (does nothing when there are none)."""
+    """Raise one :class:`DataError` listing the problems, each once (does nothing when there are none)."""
+    problems = list(dict.fromkeys(problems))
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:

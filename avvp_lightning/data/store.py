@@ -156,16 +156,31 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
         audio_dir, visual_dir, motion_dir: Feature folders, relative to ``root``.
         audio_dim, visual_dim, motion_dim: Expected feature widths (None: any).
         num_segments: Segments per video.
-        overwrite: Replace an existing store.
+        overwrite: Replace an existing store (a folder with an ``index.json``; any other
+            non-empty folder, or one that holds ``root``, is refused).
 
     Returns:
         The store's absolute path; it appears at once, complete (atomic rename).
+
+    Raises:
+        DataError: A problem of the dataset (all of them listed), or an ``out`` that is not
+            the store's to replace.
     """
     root = Path(root).expanduser().absolute()
     out = Path(out).expanduser().absolute() if out is not None else root / DEFAULT_STORE_DIR
     unknown = [s for s in splits if s not in SPLIT_FILES]
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLIT_FILES)}")
+    if not root.is_dir():
+        raise DataError(f"{root}: no such dataset folder")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: a file, not a store folder")
+    if root.resolve().is_relative_to(out.resolve()):
+        raise DataError(f"{out}: holds the dataset {root}; a store needs a folder of its own "
+                        f"(default: ROOT/{DEFAULT_STORE_DIR})")
+    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / INDEX_FILE).is_file():
+        raise DataError(f"{out}: not a packed store (no {INDEX_FILE}); overwrite replaces only a store, "
+                        "so give a new or empty folder")
     options = _options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
     index: dict[str, Any] = {"format": "avvp-lightning packed LLP features", "version": STORE_VERSION,
@@ -210,12 +225,40 @@ def read_index(store: str | Path) -> dict[str, Any]:
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable store index ({err}); rebuild it with `avvp-data pack`") from err
+        raise DataError(f"{path}: unreadable store index ({err}); rebuild it with `avvp-data pack ROOT --out "
+                        f"{path.parent} --overwrite`") from err
+    rebuild = f"rebuild it with `avvp-data pack ROOT --out {path.parent} --overwrite`"
+    if not isinstance(index, dict):
+        raise DataError(f"{path}: damaged store index (not a JSON object); {rebuild}")
     if index.get("version") != STORE_VERSION:
         raise DataError(f"{path}: store format version {index.get('version')}, this avvp-lightning reads "
-                        f"{STORE_VERSION}; rebuild it with `avvp-data pack {index.get('source', 'ROOT')} "
-                        f"--out {path.parent} --overwrite`")
+                        f"{STORE_VERSION}; {rebuild}")
+    problem = _index_problem(index)
+    if problem:
+        raise DataError(f"{path}: damaged store index ({problem}); {rebuild}")
     return index
+
+
+def _index_problem(index: dict[str, Any]) -> Optional[str]:
+    """What is missing or inconsistent in a parsed index (None when it is sound)."""
+    for key, kind in (("source", str), ("created", str), ("options", dict), ("fingerprint", dict), ("splits", dict)):
+        if not isinstance(index.get(key), kind):
+            return f"no {key!r}"
+    options = index["options"]
+    if not (isinstance(options.get("dirs"), dict) and isinstance(options.get("dims"), dict)
+            and all(m in options["dirs"] and m in options["dims"] for m in MODALITIES)
+            and isinstance(options.get("num_segments"), int)):
+        return "incomplete 'options'"
+    if not all(isinstance(index["fingerprint"].get(k), dict) for k in ("csv", "features")):
+        return "incomplete 'fingerprint'"
+    for split, entry in index["splits"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("filenames"), list)
+                and isinstance(entry.get("arrays"), dict)):
+            return f"incomplete entry of split {split!r}"
+        rows = {name: shape[0] for name, shape in entry["arrays"].items() if isinstance(shape, list) and shape}
+        if len(rows) != len(entry["arrays"]) or any(n != len(entry["filenames"]) for n in rows.values()):
+            return f"split {split!r}: {len(entry['filenames'])} video ids for arrays of {sorted(set(rows.values()))} rows"
+    return None
 
 
 def stale_reasons(index: dict[str, Any], root: str | Path) -> Optional[list[str]]:
@@ -264,6 +307,11 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     if reasons is None:
         warnings.warn(f"{store}: its source layout is not at {source}; using the store without checking that "
                       "it is up to date", stacklevel=2)
+    elif reasons and not store.resolve().is_relative_to(source.resolve()) and (
+            source.resolve() != Path(index["source"]).resolve()):  # not the store of this (maybe moved) root
+        raise DataError(f"{store}: packed from {index['source']}, not from {source}, whose files differ "
+                        f"({'; '.join(reasons)}); give --data.store the store of {source} (`avvp-data pack "
+                        f"{source}` writes {source / DEFAULT_STORE_DIR})")
     elif reasons:
         raise DataError(f"{store} is out of date: {source} changed since it was packed ({index['created']}):\n"
                         + "\n".join(f"  - {r}" for r in reasons)
@@ -286,9 +334,23 @@ def _load_split(store: Path, split: str, entry: dict[str, Any]) -> SplitData:
                             "store with `avvp-data pack ... --overwrite`") from err
         if list(array.shape) != shape or array.dtype != np.float32:
             raise DataError(f"{path}: {array.dtype} {tuple(array.shape)}, the index says float32 {tuple(shape)}")
+        row = _first_nonfinite(array)
+        if row is not None:
+            raise DataError(f"{path}: NaN or infinite values in row {row} (video {entry['filenames'][row]}); "
+                            "rebuild the store with `avvp-data pack ... --overwrite`")
         arrays[name] = array
     return SplitData(list(entry["filenames"]), arrays["label"], arrays["audio"], arrays["visual"], arrays["motion"],
                      arrays.get("dense_audio"), arrays.get("dense_visual"))
+
+
+def _first_nonfinite(array: np.ndarray) -> Optional[int]:
+    """Row of the first NaN or infinity in ``array`` (None: all finite), read in blocks of ~64 MiB."""
+    step = max(1, (1 << 24) // max(1, math.prod(array.shape[1:])))
+    for start in range(0, len(array), step):
+        bad = ~np.isfinite(array[start:start + step]).reshape(min(step, len(array) - start), -1).all(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 # -------------------------------------------------------------------------- resident batches

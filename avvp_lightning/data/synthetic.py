@@ -267,7 +267,7 @@ def atomic_folder(root: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds."""
     root = Path(root).absolute()
     if root.exists() and not (root.is_dir() and not any(root.iterdir())) and not overwrite:
-        raise FileExistsError(f"{root}: already exists and is not empty (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{root}: already exists and is not empty (overwrite, --overwrite, replaces it)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
