@@ -34,8 +34,10 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from types import MethodType
 from typing import Any, Literal, Optional
 
 from lightning_fabric.accelerators.cuda import num_cuda_devices
@@ -179,6 +181,23 @@ def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
         raise SystemExit(2) from None
 
 
+class _ConfiguredOptimizers:
+    """A model's ``configure_optimizers`` from the command line's optimizer and scheduler, picklable.
+
+    LightningCLI sets ``model.configure_optimizers`` to a ``functools.partial`` bound to the
+    model; pickling turns a bound method back into the class's own method, so the processes of
+    ``ddp_spawn`` got the model without an optimizer ("No configure_optimizers() method
+    defined"). This object pickles with its optimizer, whose parameters stay the model's.
+    """
+
+    def __init__(self, model: Any, configure: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        self.model, self.configure, self.optimizer, self.lr_scheduler = model, configure, optimizer, lr_scheduler
+        self.__wrapped__ = configure  # what Lightning's ``is_overridden`` inspects
+
+    def __call__(self) -> Any:
+        return self.configure(self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Writes the resolved config into the run folder and into the W&B run.
 
@@ -253,6 +272,15 @@ class AVVPCLI(LightningCLI):
                                  "instead of returning it to the kernel (fewer page faults: 3-20 percent "
                                  "faster CPU steps; resident memory stays at least at its peak). "
                                  "Results are unchanged.")
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
+        """LightningCLI's optimizer set-up, with a ``configure_optimizers`` that survives pickling (``ddp_spawn``)."""
+        super()._add_configure_optimizers_method_to_model(subcommand)
+        bound = vars(self.model).get("configure_optimizers")
+        if isinstance(bound, MethodType) and isinstance(bound.__func__, partial):
+            fn = bound.__func__
+            self.model.configure_optimizers = _ConfiguredOptimizers(
+                self.model, fn.func, fn.keywords["optimizer"], fn.keywords["lr_scheduler"])
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config's model: a checkpoint's hyperparameters never override it.

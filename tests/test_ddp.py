@@ -182,6 +182,24 @@ def test_finetune_ddp_equals_single_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_finetune_fit_under_ddp_spawn(tmp_path: Path) -> None:
+    """``ddp_spawn`` pickles the model into its processes: the optimizer from the command line must
+    survive that (LightningCLI's bound ``configure_optimizers`` did not), and the run trains."""
+    root = generate_llp(tmp_path / "llp", seed=3, **SPLITS, **DIMS)
+    args = ["--data.root", str(root), "--run.output_dir", str(tmp_path / "out"), "--data.batch_size", "4",
+            "--model.hidden_dim", "32", "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator", "cpu", *(f"--data.{k}={v}" for k, v in DIMS.items())]
+    finetune(["fit", *args, "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2", "--trainer.max_epochs=1"])
+    last = tmp_path / "out" / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True, map_location="cpu")
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 4  # 25 videos padded to 13 per process, batches of 4
+    assert ckpt["optimizer_states"][0]["state"]  # Adam stepped: moments for every parameter
+    torch.manual_seed(0)
+    initial = ParserModule(**DIMS, hidden_dim=32, ffn_dim=32).state_dict()
+    assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in initial.items())
+
+
+@pytest.mark.slow
 def test_pretrain_ddp_validation_equals_single_process(tmp_path: Path) -> None:
     # 15 train / 5 val videos; with batches of 2 the val processes get 2 and 3 videos (1 and 2 batches).
     root = generate_snippets(tmp_path / "snippets", num_videos=20, seed=0, **DIMS)
