@@ -198,6 +198,25 @@ class _ConfiguredOptimizers:
         return self.configure(self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
 
 
+class RunRecorder(Callback):
+    """Writes the run record (``run.json``) once the data has loaded, on rank zero.
+
+    The CLI prepares the record before the run; writing it only when the datamodule's ``setup``
+    has succeeded keeps a run that fails on bad data (one ``error:`` line) from replacing the
+    record of the earlier good run whose checkpoints are in the same folder.
+    """
+
+    def __init__(self) -> None:
+        self.record: Optional[dict[str, Any]] = None
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:  # noqa: D102
+        if self.record is None or not trainer.is_global_zero:
+            return
+        path = runinfo.write_run_record(trainer.default_root_dir, self.record)
+        if self.record["subcommand"] == "test":
+            print(f"{runinfo.format_record(self.record)}\nrun record: {path}", flush=True)
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Writes the resolved config into the run folder and into the W&B run.
 
@@ -341,7 +360,8 @@ class AVVPCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         if trainer_cfg.get("enable_checkpointing", True) is not False:
             callbacks += self.stage_callbacks(root)
-        kwargs["callbacks"] = callbacks + [RngStateCallback()]
+        self.recorder = RunRecorder()
+        kwargs["callbacks"] = callbacks + [RngStateCallback(), self.recorder]
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -362,7 +382,7 @@ class AVVPCLI(LightningCLI):
         self.start_run()
 
     def start_run(self) -> None:
-        """Check the checkpoint against the model, then write the run record (``run.json``)."""
+        """Check the checkpoint against the model, then prepare the run record (``run.json``)."""
         sub = self.subcommand
         run_cfg = self.config_init[sub]
         ckpt_path = run_cfg.get("ckpt_path")
@@ -376,9 +396,7 @@ class AVVPCLI(LightningCLI):
         self.run_record = runinfo.run_record(sub, int(seed) if seed is not None else None, config,
                                              self.data_fingerprint(), str(ckpt_path) if ckpt_path else None,
                                              command=self.command)
-        path = runinfo.write_run_record(self.trainer.default_root_dir, self.run_record)
-        if sub == "test":
-            print(f"{runinfo.format_record(self.run_record)}\nrun record: {path}", flush=True)
+        self.recorder.record = self.run_record  # written once the data has loaded (RunRecorder)
 
     def data_fingerprint(self) -> Optional[dict[str, Any]]:
         """Fingerprint of the datamodule's root and ``*_dir`` feature folders (None without a root)."""

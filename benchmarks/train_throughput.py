@@ -561,7 +561,7 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
         if timer.rates:
             rate[key] = statistics.median(timer.rates)
             label = "avvp-finetune fit, " + {"F": "paper model + settings", "F-HAN": "HAN model",
-                                             "F+comp": "paper model, --run.compile"}[key]
+                                             "F+comp": "paper model, compiled"}[key]
             rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
                          rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
     print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "

@@ -216,6 +216,24 @@ def pretrained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return next(out.glob("*/seed0/checkpoints/last.ckpt"))
 
 
+def test_failed_run_keeps_the_record_and_checkpoints_of_the_good_one(trained: Path, tiny_root: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = {p: p.read_bytes() for p in (out / RUN).rglob("*") if p.is_file() and p.suffix in (".json", ".ckpt")}
+    assert out / RUN / "run.json" in before
+    broken = tmp_path / "llp"
+    shutil.copytree(tiny_root, broken)
+    _save_feature(broken, np.zeros((9, 16), np.float32))
+    (broken / "AVVP_test_pd.csv").unlink()
+    with pytest.raises(DataError, match="wrong shape"):
+        main(["fit", *small_args(broken, out), "--trainer.max_epochs=2"])
+    with pytest.raises(DataError, match="AVVP_test_pd.csv: file not found"):
+        main(["test", *small_args(broken, out), "--ckpt_path", "last"])
+    for path, content in before.items():
+        assert path.read_bytes() == content, path
+
+
 def test_checkpoint_of_another_size_names_file_and_mismatch(trained: Path, tiny_root: Path) -> None:
     best = trained / RUN / "checkpoints" / "best.ckpt"
     with pytest.raises(DataError) as error:
