@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -215,3 +216,21 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "generate-snippets" in capsys.readouterr().out
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A pack or generate killed mid-write leaves its temporary sibling; the next write on this
+    machine removes it when its process is gone, and leaves a live writer's and any other alone."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    prefix = synthetic._tmp_prefix(tmp_path / "llp")
+    orphan = tmp_path / f"{prefix}{int(done.stdout)}-0badc0de"  # its process has exited
+    live = tmp_path / f"{prefix}{os.getpid()}-1234abcd"
+    other = tmp_path / ".llp.tmp-otherhost-1-deadbeef"
+    for folder in (orphan, live, other):
+        folder.mkdir()
+        (folder / "half.npy").write_bytes(b"partial")
+    generate_llp(tmp_path / "llp", num_train=4, num_val=2, num_test=2, seed=0, **SMALL_DIMS)
+    assert not orphan.exists() and live.exists() and other.exists()

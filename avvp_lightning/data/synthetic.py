@@ -18,10 +18,12 @@ rows of one class, rows naming videos in no split).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -262,6 +264,28 @@ def _check_sizes(counts: dict[str, int], dims: dict[str, int]) -> None:
         raise ValueError(f"invalid generator sizes: {', '.join(bad)}")
 
 
+def _tmp_prefix(root: Path) -> str:
+    """``.<name>.tmp-<host>-``: this machine's temporary siblings of ``root`` (then ``<pid>-<hex>``)."""
+    return f".{root.name}.tmp-{socket.gethostname()}-"
+
+
+def _remove_orphans(root: Path) -> None:
+    """Delete the temporary siblings of ``root`` whose writer on this machine was killed.
+
+    A killed ``atomic_folder`` body leaves its temporary folder behind: for a packed LLP store,
+    up to gigabytes of a half-written copy. Only folders of this host whose process is gone are
+    removed (on a shared filesystem another machine's writer may be running).
+    """
+    prefix = _tmp_prefix(root)
+    for tmp in root.parent.glob(f"{glob.escape(prefix)}*-*"):
+        try:
+            os.kill(int(tmp.name[len(prefix):].split("-")[0]), 0)  # raises when no such process
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, OSError, OverflowError):
+            continue  # not a pid, or a live process
+
+
 @contextmanager
 def atomic_folder(root: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds."""
@@ -269,7 +293,8 @@ def atomic_folder(root: Path, overwrite: bool) -> Iterator[Path]:
     if root.exists() and not (root.is_dir() and not any(root.iterdir())) and not overwrite:
         raise FileExistsError(f"{root}: already exists and is not empty (overwrite, --overwrite, replaces it)")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _remove_orphans(root)
+    tmp = root.parent / f"{_tmp_prefix(root)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
