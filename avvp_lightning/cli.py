@@ -195,7 +195,15 @@ class _ConfiguredOptimizers:
         self.__wrapped__ = configure  # what Lightning's ``is_overridden`` inspects
 
     def __call__(self) -> Any:
+        """The optimizer and scheduler in Lightning's form (LightningCLI's ``configure_optimizers``)."""
         return self.configure(self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # In an unpickled copy (a ddp_spawn process) the scheduler no longer wraps the optimizer's
+        # step, and torch warns at every scheduler step that the step was overridden. The
+        # schedule itself is unaffected (tested), so that one warning is silenced there.
+        self.__dict__.update(state)
+        warnings.filterwarnings("ignore", message=r"Seems like `optimizer.step\(\)` has been overridden")
 
 
 class RunRecorder(Callback):

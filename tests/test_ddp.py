@@ -194,6 +194,7 @@ def test_finetune_fit_under_ddp_spawn(tmp_path: Path) -> None:
     ckpt = torch.load(last, weights_only=True, map_location="cpu")
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 4  # 25 videos padded to 13 per process, batches of 4
     assert ckpt["optimizer_states"][0]["state"]  # Adam stepped: moments for every parameter
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 1  # StepLR stepped once, at the epoch's end
     torch.manual_seed(0)
     initial = ParserModule(**DIMS, hidden_dim=32, ffn_dim=32).state_dict()
     assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in initial.items())

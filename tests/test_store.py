@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -149,14 +150,18 @@ def test_pack_overwrite_replaces_only_a_store(root: Path, tmp_path: Path, capsys
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
+    foreign = tmp_path / "foreign"  # another tool's folder that happens to hold an index.json
+    foreign.mkdir()
+    (foreign / INDEX_FILE).write_text('{"format": "something else", "version": 1}')
     for out, match in ((root, "holds the dataset"), (tmp_path, "holds the dataset"),
                        (notes, "not a packed store"), (root / "feats", "not a packed store"),
-                       (notes / "keep.txt", "a file, not a store folder")):
-        assert data_main(["pack", str(root), "--out", str(out), "--overwrite", *dims]) == 2, out
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and match in err, err
+                       (foreign, "not a packed store"), (notes / "keep.txt", "a file, not a store folder")):
+        for overwrite in (["--overwrite"], []):
+            assert data_main(["pack", str(root), "--out", str(out), *overwrite, *dims]) == 2, out
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and match in err, err
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before  # nothing touched
-    assert (notes / "keep.txt").read_text() == "mine"
+    assert (notes / "keep.txt").read_text() == "mine" and (foreign / INDEX_FILE).is_file()
     assert data_main(["pack", str(tmp_path / "nowhere"), *dims]) == 2
     assert "no such dataset folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
 
@@ -175,18 +180,25 @@ def test_store_values_and_index_are_checked(root: Path) -> None:
     index = json.loads((store / INDEX_FILE).read_text())
     short = json.loads(json.dumps(index))
     short["splits"]["train"]["filenames"].pop()
+    unlabeled = json.loads(json.dumps(index))
+    del unlabeled["splits"]["train"]["arrays"]["label"]
     for damaged, match in (({"version": 1}, "no 'source'"), ([], "not a JSON object"),
-                           (short, "39 video ids for arrays of \\[40\\] rows")):
+                           (short, "39 video ids for arrays of \\[40\\] rows"),
+                           (unlabeled, "split 'train': arrays \\['audio', 'motion', 'visual'\\]")):
         (store / INDEX_FILE).write_text(json.dumps(damaged))
         with pytest.raises(DataError, match=f"damaged store index .*{match}.*--overwrite"):
             read_store(store, ["train"], root=root, **DIMS)
         assert data_main(["pack", str(root), "--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]) == 2
+    (store / INDEX_FILE).write_text(json.dumps(index)[:100])  # truncated: still our store, so rebuildable
+    assert data_main(["pack", str(root), "--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16",
+                      "--overwrite"]) == 0
+    read_store(store, ["train", "val", "test"], root=root, **DIMS)
 
 
 def test_store_of_another_root_names_both(root: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     generate_llp(other, num_train=40, num_val=11, num_test=13, seed=6, **DIMS)
-    with pytest.raises(DataError, match=rf"packed from \S+/llp, not from {other}, whose files differ"):
+    with pytest.raises(DataError, match=rf"packed from \S+/llp, not from {re.escape(str(other))}, whose files differ"):
         read_store(root / "packed", ["train"], root=other, **DIMS)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -221,16 +223,28 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 def test_a_killed_writers_temporary_folder_is_removed_by_the_next(tmp_path: Path) -> None:
     """A pack or generate killed mid-write leaves its temporary sibling; the next write on this
     machine removes it when its process is gone, and leaves a live writer's and any other alone."""
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    prefix = synthetic._tmp_prefix(tmp_path / "llp")
-    orphan = tmp_path / f"{prefix}{int(done.stdout)}-0badc0de"  # its process has exited
-    live = tmp_path / f"{prefix}{os.getpid()}-1234abcd"
-    other = tmp_path / ".llp.tmp-otherhost-1-deadbeef"
-    for folder in (orphan, live, other):
+    dead = int(done.stdout)  # its process has exited
+    prefix = synthetic._sibling_prefix(tmp_path / "llp", "tmp")
+    orphan = tmp_path / f"{prefix}{dead}-0badc0de"
+    keep = [tmp_path / f"{prefix}{os.getpid()}-1234abcd",  # a live writer
+            tmp_path / f"{prefix}7-{dead}-0badc0de",  # host "<this host>-7", pid 7 is not ours to judge
+            tmp_path / ".llp.tmp-otherhost-1-deadbeef"]
+    for folder in (orphan, *keep):
         folder.mkdir()
         (folder / "half.npy").write_bytes(b"partial")
     generate_llp(tmp_path / "llp", num_train=4, num_val=2, num_test=2, seed=0, **SMALL_DIMS)
-    assert not orphan.exists() and live.exists() and other.exists()
+    assert not orphan.exists() and all(folder.exists() for folder in keep)
+
+
+def test_generate_overwrite_replaces_only_a_generated_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "AVVP_train.csv").write_text("filename\tevent_labels\n")
+    with pytest.raises(FileExistsError, match="not written by this tool"):
+        generate_llp(real, num_train=4, num_val=2, num_test=2, seed=0, overwrite=True, **SMALL_DIMS)
+    assert main(["generate", str(real), "--small-dims", "--overwrite"]) == 2
+    assert "no synthetic.json" in capsys.readouterr().err
+    assert os.listdir(real) == ["AVVP_train.csv"]
+    generate_llp(tmp_path / "gen", num_train=4, num_val=2, num_test=2, seed=0, **SMALL_DIMS)
+    generate_llp(tmp_path / "gen", num_train=4, num_val=2, num_test=2, seed=1, overwrite=True, **SMALL_DIMS)

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
-from avvp_lightning.data.store import DEFAULT_STORE_DIR, INDEX_FILE, pack_store, read_index, stale_reasons
+from avvp_lightning.data.store import DEFAULT_STORE_DIR, is_store, pack_store, read_index, stale_reasons
 from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import NUM_SEGMENTS
@@ -81,7 +81,7 @@ def _pack(args: argparse.Namespace) -> int:
     options = dict(audio_dir=args.audio_dir, visual_dir=args.visual_dir, motion_dir=args.motion_dir,
                    audio_dim=args.audio_dim, visual_dim=args.visual_dim, motion_dim=args.motion_dim,
                    num_segments=args.num_segments)
-    if (out / INDEX_FILE).is_file() and not args.overwrite:
+    if is_store(out) and not args.overwrite:
         index = read_index(out)
         same = index["options"] == {"dirs": {m: options[f"{m}_dir"] for m in FEATURE_DIRS},
                                     "dims": {m: options[f"{m}_dim"] for m in FEATURE_DIRS},

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -264,43 +265,61 @@ def _check_sizes(counts: dict[str, int], dims: dict[str, int]) -> None:
         raise ValueError(f"invalid generator sizes: {', '.join(bad)}")
 
 
-def _tmp_prefix(root: Path) -> str:
-    """``.<name>.tmp-<host>-``: this machine's temporary siblings of ``root`` (then ``<pid>-<hex>``)."""
-    return f".{root.name}.tmp-{socket.gethostname()}-"
+def _sibling_prefix(root: Path, kind: str) -> str:
+    """``.<name>.<kind>-<host>-``: this machine's temporary (``tmp``) or replaced (``old``) siblings of ``root``."""
+    return f".{root.name}.{kind}-{socket.gethostname()}-"
 
 
 def _remove_orphans(root: Path) -> None:
-    """Delete the temporary siblings of ``root`` whose writer on this machine was killed.
+    """Delete the siblings of ``root`` left by writers on this machine that were killed.
 
-    A killed ``atomic_folder`` body leaves its temporary folder behind: for a packed LLP store,
-    up to gigabytes of a half-written copy. Only folders of this host whose process is gone are
-    removed (on a shared filesystem another machine's writer may be running).
+    A killed :func:`atomic_folder` leaves its temporary folder behind (for a packed LLP store,
+    gigabytes of a half-written copy), or, killed between its two renames, the replaced folder.
+    Only this host's folders whose process is gone are removed (on a shared filesystem another
+    machine's writer may be running), and a replaced folder only once ``root`` is back in place.
     """
-    prefix = _tmp_prefix(root)
-    for tmp in root.parent.glob(f"{glob.escape(prefix)}*-*"):
-        try:
-            os.kill(int(tmp.name[len(prefix):].split("-")[0]), 0)  # raises when no such process
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, OSError, OverflowError):
-            continue  # not a pid, or a live process
+    if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX
+        return
+    for kind in ("tmp", "old"):
+        prefix = _sibling_prefix(root, kind)
+        for folder in root.parent.glob(f"{glob.escape(prefix)}*"):
+            match = re.fullmatch(r"(\d+)-[0-9a-f]{8}", folder.name[len(prefix):])
+            if match is None or (kind == "old" and not root.exists()):
+                continue  # another host's (a name with more dashes), or the only copy left
+            try:
+                os.kill(int(match.group(1)), 0)  # raises when no such process
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue  # a live process of another user
 
 
 @contextmanager
-def atomic_folder(root: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds."""
+def atomic_folder(root: Path, overwrite: bool, marker: str) -> Iterator[Path]:
+    """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds.
+
+    Args:
+        root: The folder to write.
+        overwrite: Replace an existing ``root``, but only one that this kind of writer made.
+        marker: The file that marks such a folder (e.g. ``synthetic.json``); a non-empty ``root``
+            without it is never replaced.
+    """
     root = Path(root).absolute()
-    if root.exists() and not (root.is_dir() and not any(root.iterdir())) and not overwrite:
-        raise FileExistsError(f"{root}: already exists and is not empty (overwrite, --overwrite, replaces it)")
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{root}: already exists and is not empty (overwrite, --overwrite, replaces it)")
+        if not (root / marker).is_file():
+            raise FileExistsError(f"{root}: not written by this tool (no {marker}); overwrite replaces only "
+                                  "such a folder, so give a new or empty one")
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(root)
-    tmp = root.parent / f"{_tmp_prefix(root)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f"{_sibling_prefix(root, 'tmp')}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
         old = None
         if overwrite and root.exists():
-            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            old = root.parent / f"{_sibling_prefix(root, 'old')}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             root.rename(old)
         try:
             tmp.rename(root)  # atomic; replaces an empty directory
@@ -342,7 +361,7 @@ def generate_llp(root: str | Path, *, num_train: int = 600, num_val: int = 100, 
     ids = _video_ids(rng, n)
     filenames = _filenames(rng, ids)
     amp_a, amp_v, classes = _sample_events(rng, n, num_segments)  # (N, T, C) each
-    with atomic_folder(Path(root), overwrite) as tmp:
+    with atomic_folder(Path(root), overwrite, "synthetic.json") as tmp:
         bounds = np.cumsum([0, num_train, num_val, num_test])
         for (split, file), lo, hi in zip(SPLIT_FILES.items(), bounds[:-1], bounds[1:]):
             _write_list(tmp / file, filenames[lo:hi], classes[lo:hi])
@@ -374,7 +393,7 @@ def generate_snippets(root: str | Path, *, num_videos: int = 800, seed: int = 0,
     ids = _video_ids(rng, num_videos)
     filenames = _filenames(rng, ids)
     amp_a, amp_v, classes = _sample_events(rng, num_videos, num_segments)
-    with atomic_folder(Path(root), overwrite) as tmp:
+    with atomic_folder(Path(root), overwrite, "synthetic.json") as tmp:
         _write_list(tmp / "snippets.csv", filenames, classes)
         _write_features(tmp, world, rng, ids, amp_a, amp_v, frames_per_segment)
         (tmp / "synthetic.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **params}, indent=2))
