@@ -160,8 +160,8 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
         audio_dir, visual_dir, motion_dir: Feature folders, relative to ``root``.
         audio_dim, visual_dim, motion_dim: Expected feature widths (None: any).
         num_segments: Segments per video.
-        overwrite: Replace an existing store (a folder with an ``index.json``; any other
-            non-empty folder, or one that holds ``root``, is refused).
+        overwrite: Replace an existing store (see :func:`is_store`); any other non-empty
+            folder, or one that holds ``root``, is refused either way.
 
     Returns:
         The store's absolute path; it appears at once, complete (atomic rename).
@@ -245,16 +245,17 @@ def read_index(store: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path.parent}: not a packed LLP store (no {INDEX_FILE}); build it with "
                         f"`avvp-data pack ROOT --out {path.parent}`")
+    unreadable: Optional[Exception] = None
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable store index ({err}); rebuild it with `avvp-data pack ROOT --out "
-                        f"{path.parent} --overwrite`") from err
-    if not isinstance(index, dict):
-        raise DataError(f"{path}: damaged store index (not a JSON object); rebuild it with `avvp-data pack ROOT "
-                        f"--out {path.parent} --overwrite`")
-    source = index.get("source") if isinstance(index.get("source"), str) else "ROOT"
+        index, unreadable = None, err
+    source = index.get("source") if isinstance(index, dict) and isinstance(index.get("source"), str) else "ROOT"
     rebuild = f"rebuild it with `avvp-data pack {source} --out {path.parent} --overwrite`"
+    if unreadable is not None:
+        raise DataError(f"{path}: unreadable store index ({unreadable}); {rebuild}")
+    if not isinstance(index, dict):
+        raise DataError(f"{path}: damaged store index (not a JSON object); {rebuild}")
     if index.get("version") != STORE_VERSION:
         raise DataError(f"{path}: store format version {index.get('version')}, this avvp-lightning reads "
                         f"{STORE_VERSION}; {rebuild}")
@@ -376,7 +377,8 @@ def _first_nonfinite(array: np.ndarray) -> Optional[int]:
     """Row of the first NaN or infinity in ``array`` (None: all finite), read in blocks of ~64 MiB."""
     step = max(1, (1 << 24) // max(1, math.prod(array.shape[1:])))
     for start in range(0, len(array), step):
-        bad = ~np.isfinite(array[start:start + step]).reshape(min(step, len(array) - start), -1).all(axis=1)
+        block = array[start:start + step]
+        bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)  # (rows,)
         if bad.any():
             return start + int(np.argmax(bad))
     return None
