@@ -401,10 +401,9 @@ class AVVPCLI(LightningCLI):
             check_checkpoint(ckpt_path, self.model, weights_only=not trusted)
         config = json.loads(self._parser(sub).dump(self.config[sub], format="json", skip_none=False))
         seed = os.environ.get("PL_GLOBAL_SEED")
-        self.run_record = runinfo.run_record(sub, int(seed) if seed is not None else None, config,
-                                             self.data_fingerprint(), str(ckpt_path) if ckpt_path else None,
-                                             command=self.command)
-        self.recorder.record = self.run_record  # written once the data has loaded (RunRecorder)
+        self.recorder.record = runinfo.run_record(  # written once the data has loaded (RunRecorder)
+            sub, int(seed) if seed is not None else None, config, self.data_fingerprint(),
+            str(ckpt_path) if ckpt_path else None, command=self.command)
 
     def data_fingerprint(self) -> Optional[dict[str, Any]]:
         """Fingerprint of the datamodule's root and ``*_dir`` feature folders (None without a root)."""
@@ -424,8 +423,8 @@ class AVVPCLI(LightningCLI):
         hparams = getattr(self.model, "hparams", {}) or {}
         folder = Path(hparams.get("output_dir") or Path(self.trainer.default_root_dir) / "test")
         metrics = folder / "metrics.json"
-        if metrics.is_file() and getattr(self, "run_record", None) is not None:
-            runinfo.add_to_json(metrics, "run", self.run_record)
+        if metrics.is_file() and self.recorder.record is not None:
+            runinfo.add_to_json(metrics, "run", self.recorder.record)
 
     def stage_callbacks(self, run_dir: Path) -> list[Callback]:
         """``checkpoints/best.ckpt`` (best ``monitor``) and ``checkpoints/last.ckpt`` (every epoch).

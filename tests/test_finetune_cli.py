@@ -143,6 +143,12 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> N
     assert native_bf16("mps") is False
 
 
+def _compiled_versions(*functions) -> int:
+    """How many compiled versions dynamo holds for these functions (e.g. ``BaseLayer.forward``)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in functions)
+
 
 def test_compile_option_compiles_the_blocks_and_keeps_the_function(tiny_root: Path, tmp_path: Path,
                                                                    fresh_dynamo: None) -> None:
@@ -150,12 +156,10 @@ def test_compile_option_compiles_the_blocks_and_keeps_the_function(tiny_root: Pa
     compiled and eager runs and, without dropout (compiled blocks draw their own masks), the
     weights and test metrics are the eager ones. The ``eager`` backend runs dynamo's captured
     graphs as they are (no code generation)."""
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-
     from avvp_lightning.models.parser import AttentiveMMILPooling, BaseLayer
 
     def graphs() -> int:  # compiled versions of the Base layer's and the pooling's forward
-        return sum(len(_debug_get_cache_entry_list(f.__code__)) for f in (BaseLayer.forward, AttentiveMMILPooling.forward))
+        return _compiled_versions(BaseLayer.forward, AttentiveMMILPooling.forward)
 
     base = [*small_args(tiny_root, tmp_path), "--model.dropout=0", "--trainer.max_epochs=1"]
     compiled = ["--run.compile=true", "--run.compile_backend=eager"]
@@ -185,14 +189,12 @@ def test_compile_option_compiles_the_blocks_and_keeps_the_function(tiny_root: Pa
 def test_compile_callback_starts_each_fit_from_empty_caches(fresh_dynamo: None) -> None:
     """The runs of a sweep share one process: without a reset their graphs would add up to
     dynamo's recompile limit, after which blocks run eagerly without a word."""
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-
     from avvp_lightning.finetune.cli import CompileBlocks
     from avvp_lightning.finetune.module import ParserModule
     from avvp_lightning.models.parser import BaseLayer
 
     def graphs() -> int:
-        return len(_debug_get_cache_entry_list(BaseLayer.forward.__code__))
+        return _compiled_versions(BaseLayer.forward)
 
     dims = dict(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16, ffn_dim=16)
     batch = {"audio": torch.randn(2, 10, 8), "visual": torch.randn(2, 10, 8), "motion": torch.randn(2, 10, 4)}

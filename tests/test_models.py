@@ -547,8 +547,9 @@ def test_compiled_blocks_trace_without_graph_breaks(architecture: str, fresh_dyn
     counters.clear()
     torch.manual_seed(0)
     gcaa = architecture == "base"
-    model = AVVPParser(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16, ffn_dim=16, dropout=0.5,
-                       architecture=architecture, attention="gcaa" if gcaa else "mha", skip=gcaa, adversarial=True)
+    kwargs = dict(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16, ffn_dim=16, architecture=architecture,
+                  attention="gcaa" if gcaa else "mha", skip=gcaa, adversarial=True)
+    model = AVVPParser(**kwargs, dropout=0.5)
     model.compile_blocks(backend="eager")
     for step in range(3):
         out = model(torch.randn(4, 10, 8), torch.randn(4, 10, 8), torch.randn(4, 10, 4), grl_alpha=0.3 * step)
@@ -556,7 +557,4 @@ def test_compiled_blocks_trace_without_graph_breaks(architecture: str, fresh_dyn
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 3  # the layer, the pooling, the discriminator
     assert all(p.grad is not None for p in model.parameters())
-    assert set(model.state_dict()) == set(AVVPParser(audio_dim=8, visual_dim=8, motion_dim=4, hidden_dim=16,
-                                                      ffn_dim=16, architecture=architecture,
-                                                      attention="gcaa" if gcaa else "mha", skip=gcaa,
-                                                      adversarial=True).state_dict())
+    assert set(model.state_dict()) == set(AVVPParser(**kwargs).state_dict())  # names as eager

@@ -167,8 +167,9 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
         The store's absolute path; it appears at once, complete (atomic rename).
 
     Raises:
-        DataError: A problem of the dataset (all of them listed), or an ``out`` that is not
-            the store's to replace.
+        DataError: A problem of the dataset (all of them listed), or an ``out`` that is a file
+            or holds ``root``.
+        FileExistsError: ``out`` is another non-empty folder, or a store and not ``overwrite``.
     """
     root = Path(root).expanduser().absolute()
     out = Path(out).expanduser().absolute() if out is not None else root / DEFAULT_STORE_DIR
@@ -182,16 +183,13 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
     if root.resolve().is_relative_to(out.resolve()):
         raise DataError(f"{out}: holds the dataset {root}; a store needs a folder of its own "
                         f"(default: ROOT/{DEFAULT_STORE_DIR})")
-    if out.is_dir() and any(out.iterdir()) and not is_store(out):
-        raise DataError(f"{out}: not a packed store (no {INDEX_FILE} of this format); a store needs a new or "
-                        "empty folder, and overwrite replaces only a store")
     options = _options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
     index: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION,
                              "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "options": options, "fingerprint": before, "splits": {}}
     problems: list[str] = []
-    with atomic_folder(out, overwrite, INDEX_FILE) as tmp:
+    with atomic_folder(out, overwrite, is_store, f"not a packed store (no {INDEX_FILE} of this format)") as tmp:
         for split in splits:  # one split in memory at a time
             data = read_llp(root, [split], audio_dir=audio_dir, visual_dir=visual_dir, motion_dir=motion_dir,
                             audio_dim=audio_dim, visual_dim=visual_dim, motion_dim=motion_dim,

@@ -26,7 +26,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +265,11 @@ def _check_sizes(counts: dict[str, int], dims: dict[str, int]) -> None:
         raise ValueError(f"invalid generator sizes: {', '.join(bad)}")
 
 
+def _generated(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset written by this module (its ``synthetic.json`` is written last)."""
+    return (folder / "synthetic.json").is_file()
+
+
 def _sibling_prefix(root: Path, kind: str) -> str:
     """``.<name>.<kind>-<host>-``: this machine's temporary (``tmp``) or replaced (``old``) siblings of ``root``."""
     return f".{root.name}.{kind}-{socket.gethostname()}-"
@@ -295,22 +300,24 @@ def _remove_orphans(root: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(root: Path, overwrite: bool, marker: str) -> Iterator[Path]:
+def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], bool], refusal: str) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds.
 
     Args:
-        root: The folder to write.
-        overwrite: Replace an existing ``root``, but only one that this kind of writer made.
-        marker: The file that marks such a folder (e.g. ``synthetic.json``); a non-empty ``root``
-            without it is never replaced.
+        root: The folder to write: absent, empty, or (with ``overwrite``) one this writer made.
+        overwrite: Replace an existing ``root`` for which ``replaceable`` holds.
+        replaceable: Whether a non-empty folder is one this kind of writer made (a generated
+            dataset, a packed store); any other is never replaced, with or without ``overwrite``.
+        refusal: Why such another folder is refused, for the error (e.g. ``"not written by this
+            tool (no synthetic.json)"``).
     """
     root = Path(root).absolute()
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
+        if not replaceable(root):
+            raise FileExistsError(f"{root}: {refusal}; give a new or empty folder (overwrite replaces only "
+                                  "such a folder)")
         if not overwrite:
             raise FileExistsError(f"{root}: already exists and is not empty (overwrite, --overwrite, replaces it)")
-        if not (root / marker).is_file():
-            raise FileExistsError(f"{root}: not written by this tool (no {marker}); overwrite replaces only "
-                                  "such a folder, so give a new or empty one")
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(root)
     tmp = root.parent / f"{_sibling_prefix(root, 'tmp')}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -361,7 +368,7 @@ def generate_llp(root: str | Path, *, num_train: int = 600, num_val: int = 100, 
     ids = _video_ids(rng, n)
     filenames = _filenames(rng, ids)
     amp_a, amp_v, classes = _sample_events(rng, n, num_segments)  # (N, T, C) each
-    with atomic_folder(Path(root), overwrite, "synthetic.json") as tmp:
+    with atomic_folder(Path(root), overwrite, _generated, "not written by this tool (no synthetic.json)") as tmp:
         bounds = np.cumsum([0, num_train, num_val, num_test])
         for (split, file), lo, hi in zip(SPLIT_FILES.items(), bounds[:-1], bounds[1:]):
             _write_list(tmp / file, filenames[lo:hi], classes[lo:hi])
@@ -393,7 +400,7 @@ def generate_snippets(root: str | Path, *, num_videos: int = 800, seed: int = 0,
     ids = _video_ids(rng, num_videos)
     filenames = _filenames(rng, ids)
     amp_a, amp_v, classes = _sample_events(rng, num_videos, num_segments)
-    with atomic_folder(Path(root), overwrite, "synthetic.json") as tmp:
+    with atomic_folder(Path(root), overwrite, _generated, "not written by this tool (no synthetic.json)") as tmp:
         _write_list(tmp / "snippets.csv", filenames, classes)
         _write_features(tmp, world, rng, ids, amp_a, amp_v, frames_per_segment)
         (tmp / "synthetic.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **params}, indent=2))
@@ -419,10 +426,10 @@ def default_root(kind: str = "llp") -> Path:
                   jitter=FRAME_JITTER, output_noise=OUTPUT_NOISE)
     key = json.dumps({"kind": kind, "version": GENERATOR_VERSION, **params, **tuning}, sort_keys=True)
     target = cache_dir() / f"synthetic-{kind}-v{GENERATOR_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    if not (target / "synthetic.json").is_file():  # written last: its presence means complete
+    if not _generated(target):  # written last: its presence means complete
         try:
             (generate_llp if kind == "llp" else generate_snippets)(target, **params)
         except FileExistsError:
-            if not (target / "synthetic.json").is_file():  # not a lost race: something else is in the way
+            if not _generated(target):  # not a lost race: something else is in the way
                 raise
     return target
