@@ -9,9 +9,10 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from avvp_lightning.data.llp import write_dense_csv
+from avvp_lightning.graphs import GraphedBackward
 from avvp_lightning.labels import CLASSES
 from avvp_lightning.losses.parser import parser_loss
 from avvp_lightning.metrics import METRIC_KEYS, AVVPMetrics, decide
@@ -45,6 +46,13 @@ class ParserModule(pl.LightningModule):
         visual_smoothing: Label smoothing of the visual-guided targets (0.9 -> 0.9 y + 0.05).
         grl_gamma: DANN schedule steepness: alpha = 2 / (1 + exp(-gamma p)) - 1, p = progress.
         threshold: Decision threshold on segment and video probabilities at evaluation.
+        cuda_graphs: Replay each training step's forward and backward as one CUDA graph
+            (:class:`~avvp_lightning.graphs.GraphedBackward`); the optimizer step, learning-rate
+            schedule and gradient clipping stay Lightning's. The same training as eager steps
+            (PyTorch's graph-safe random numbers give the same dropout draws). Used when
+            training runs on one CUDA device without gradient accumulation, in 32-bit or
+            bfloat16 precision, without ``--run.compile``; otherwise ignored: silently on a
+            CPU, with a note in the other cases.
         output_dir: Where ``test``/``predict`` write metrics and prediction CSVs;
             default ``<run folder>/test`` or ``<run folder>/predict``.
 
@@ -74,6 +82,7 @@ class ParserModule(pl.LightningModule):
         visual_smoothing: float = 0.9,
         grl_gamma: float = 10.0,
         threshold: float = 0.5,
+        cuda_graphs: bool = False,
         output_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -88,6 +97,7 @@ class ParserModule(pl.LightningModule):
         self.test_metrics = AVVPMetrics()
         self._outputs: dict[str, list] = {}
         self._total_steps: Optional[int] = None  # training steps of the whole fit, for the GRL schedule
+        self._graphed: Optional[GraphedBackward] = None  # with cuda_graphs, while fitting
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], grl_alpha: float = 1.0) -> dict[str, torch.Tensor]:
@@ -95,6 +105,51 @@ class ParserModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)  # once, not every step
+        self._graphed = None
+        if not self.hparams.cuda_graphs or self.device.type not in self._graph_devices:
+            return
+        trainer = self.trainer
+        precision = str(trainer.precision)
+        why = ("several processes" if trainer.world_size > 1
+               else "gradient accumulation" if trainer.accumulate_grad_batches > 1
+               else f"precision {precision}" if precision not in ("32-true", "32", "bf16-mixed", "bf16-true")
+               else "--run.compile" if any(getattr(m, "_compiled_call_impl", None) is not None
+                                           for m in self.parser.modules())
+               else None)
+        if why is not None:
+            rank_zero_info(f"cuda_graphs: not used with {why}; training steps run eagerly")
+            return
+        self._graphed = GraphedBackward(self._graph_losses, [p for p in self.parameters() if p.requires_grad])
+
+    _graph_devices = ("cuda",)  # where cuda_graphs applies (the CPU test adds "cpu": the same code, eagerly)
+
+    def on_train_end(self) -> None:
+        if self._graphed is not None:
+            rank_zero_info(f"cuda_graphs: {self._graphed.replays} steps replayed, {self._graphed.eager_calls} eager")
+        self._graphed = None  # frees the graph and its memory pool
+
+    def _graph_losses(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training losses of one batch of tensors (what :class:`GraphedBackward` records)."""
+        out = self.parser(inputs["audio"], inputs["visual"], inputs.get("motion"), grl_alpha=inputs["grl_alpha"])
+        return self._losses(out, inputs["label"])
+
+    def _losses(self, out: dict[str, Any], label: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = _float32({k: out[k] for k in ("video_prob", "audio_prob", "visual_prob", "modality_logit")})
+        with _no_autocast(self.device):  # BCE on clamped probabilities: float32 (banned under CUDA autocast)
+            return parser_loss(
+                out, label.float(), lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
+                audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
+            )
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        """Lightning's ``zero_grad()``, except with cuda_graphs: each graphed step writes the gradients."""
+        if self._graphed is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``loss.backward()``, except with cuda_graphs: the graphed step ran it."""
+        if self._graphed is None:
+            super().backward(loss, *args, **kwargs)
 
     def grl_alpha(self) -> float:
         """DANN strength for the current step (0 -> 1 over the whole training)."""
@@ -103,15 +158,16 @@ class ParserModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
-        out = self(batch, grl_alpha=alpha)
-        out = _float32({k: out[k] for k in ("video_prob", "audio_prob", "visual_prob", "modality_logit")})
-        with _no_autocast(self.device):  # BCE on clamped probabilities: float32 (banned under CUDA autocast)
-            losses = parser_loss(
-                out, batch["label"].float(), lambda_g=self.hparams.lambda_g, lambda_ad=self.hparams.lambda_ad,
-                audio_smoothing=self.hparams.audio_smoothing, visual_smoothing=self.hparams.visual_smoothing,
-            )
-        # The extra keys reach on_train_batch_end as its ``outputs``, which logs them.
-        losses = {k: v.detach() for k, v in losses.items()} | {"loss": losses["total"]}
+        if self._graphed is not None:  # forward and backward here (replayed when captured)
+            inputs = {k: batch[k] for k in ("audio", "visual", "motion", "label") if batch.get(k) is not None}
+            inputs["grl_alpha"] = torch.full((), alpha, device=self.device)  # a tensor: a graph input
+            # the graph's own loss tensors are overwritten by the next replay: copies for the logs
+            losses = {k: v.detach().clone() for k, v in self._graphed(inputs).items()}
+            losses["loss"] = losses["total"]  # for Lightning's closure (backward() skips it)
+        else:
+            losses = self._losses(self(batch, grl_alpha=alpha), batch["label"])
+            # The extra keys reach on_train_batch_end as its ``outputs``, which logs them.
+            losses = {k: v.detach() for k, v in losses.items()} | {"loss": losses["total"]}
         return {**losses, "grl_alpha": alpha, "batch_size": batch["label"].shape[0]}
 
     def on_train_batch_end(self, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:

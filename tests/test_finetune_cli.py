@@ -209,3 +209,47 @@ def test_compile_callback_starts_each_fit_from_empty_caches(fresh_dynamo: None) 
     assert graphs() == 1
     CompileBlocks(backend="eager").setup(None, module, "validate")  # only fit compiles (and resets)
     assert graphs() == 1
+
+
+def test_cuda_graphs_step_trains_exactly_like_the_default_step(tiny_root: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model.cuda_graphs`` moves the forward and backward into the module's own step (the
+    code a CUDA graph records; on the CPU, where the option is ignored, the test turns it on and
+    it runs eagerly). Lightning's zero_grad and backward are skipped, and the trained weights, with
+    dropout, an uneven last batch (48 videos, batch 10), the StepLR schedule and gradient
+    clipping, are the default step's bit for bit."""
+    from avvp_lightning.finetune.module import ParserModule
+
+    base = [*small_args(tiny_root, tmp_path), "--data.batch_size", "10", "--trainer.max_epochs=2",
+            "--lr_scheduler.init_args.step_size=1", "--trainer.gradient_clip_val=0.05",
+            "--optimizer.init_args.fused=false"]  # Lightning's AMP plugin clips no fused optimizer
+    main(["fit", *base, "--run.name", "plain", "--model.cuda_graphs=false"])
+    with caplog.at_level("INFO"):
+        main(["fit", *base, "--run.name", "default"])  # cuda_graphs on (defaults.yaml): ignored on the CPU
+        assert "cuda_graphs" not in caplog.text
+        monkeypatch.setattr(ParserModule, "_graph_devices", ("cuda", "cpu"))
+        main(["fit", *base, "--run.name", "graphed"])
+    assert "cuda_graphs: 0 steps replayed, 10 eager" in caplog.text
+    ckpts = {name: torch.load(tmp_path / name / "seed0" / "checkpoints" / "last.ckpt", weights_only=False,
+                              map_location="cpu") for name in ("plain", "graphed")}
+    for key, value in ckpts["plain"]["state_dict"].items():
+        assert torch.equal(ckpts["graphed"]["state_dict"][key], value), key
+    assert ckpts["graphed"]["global_step"] == ckpts["plain"]["global_step"] == 10
+    lrs = [c["lr_schedulers"][0]["_last_lr"] for c in ckpts.values()]
+    assert lrs[0] == lrs[1] == [pytest.approx(3e-4 * 0.5**2)]
+    plain, graphed = (ckpts[n]["optimizer_states"][0]["state"] for n in ("plain", "graphed"))
+    for i, state in plain.items():
+        assert torch.equal(graphed[i]["exp_avg"], state["exp_avg"]), i
+
+
+def test_cuda_graphs_note_when_not_used(tiny_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With gradient accumulation the graphed step cannot be used: a note, then the default step."""
+    from avvp_lightning.finetune.module import ParserModule
+
+    monkeypatch.setattr(ParserModule, "_graph_devices", ("cuda", "cpu"))
+    with caplog.at_level("INFO"):
+        main(["fit", *small_args(tiny_root, tmp_path), "--trainer.max_epochs=1", "--model.cuda_graphs=true",
+              "--trainer.accumulate_grad_batches=2"])
+    assert "cuda_graphs: not used with gradient accumulation" in caplog.text

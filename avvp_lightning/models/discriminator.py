@@ -15,11 +15,15 @@ from torch import Tensor, autograd, nn
 
 
 class _GradientReversal(autograd.Function):
-    """Identity forward; backward multiplies the incoming gradient by ``-alpha``."""
+    """Identity forward; backward multiplies the incoming gradient by ``-alpha``.
+
+    ``alpha`` is a float, or a 0-dim tensor read when the backward runs (a CUDA graph of the
+    training step keeps one tensor and refills it every step, see :mod:`avvp_lightning.graphs`).
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: float) -> Tensor:  # noqa: D102
-        ctx.alpha = float(alpha)
+    def forward(ctx, x: Tensor, alpha: float | Tensor) -> Tensor:  # noqa: D102
+        ctx.alpha = alpha if isinstance(alpha, Tensor) else float(alpha)
         return x.view_as(x)
 
     @staticmethod
@@ -27,13 +31,14 @@ class _GradientReversal(autograd.Function):
         return grad_output * -ctx.alpha, None
 
 
-def grad_reverse(x: Tensor, alpha: float = 1.0) -> Tensor:
+def grad_reverse(x: Tensor, alpha: float | Tensor = 1.0) -> Tensor:
     """Gradient reversal layer.
 
     Args:
         x: Any tensor.
         alpha: Reversal strength; the gradient flowing back through this op is multiplied by
             ``-alpha``. ``alpha = 0`` blocks the gradient, ``alpha = -1`` leaves it unchanged.
+            A float, or a 0-dim tensor on ``x``'s device, read when the backward runs.
 
     Returns:
         ``x`` unchanged (a view), wired so that its gradient is reversed and scaled.

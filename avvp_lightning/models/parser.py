@@ -318,7 +318,7 @@ class AVVPParser(nn.Module):
         audio: Tensor,
         visual: Tensor,
         motion: Tensor | None = None,
-        grl_alpha: float = 1.0,
+        grl_alpha: float | Tensor = 1.0,
     ) -> dict[str, Tensor | None]:
         """Parse a batch of videos.
 
@@ -327,7 +327,8 @@ class AVVPParser(nn.Module):
             visual: (B, T, Dv) segment-pooled or (B, k*T, Dv) frame-level visual features.
             motion: (B, T, Dm) motion features; ignored (may be None) when ``motion_dim=0``.
             grl_alpha: Gradient reversal strength for the discriminator branch (see
-                :func:`~avvp_lightning.models.discriminator.dann_alpha`).
+                :func:`~avvp_lightning.models.discriminator.dann_alpha`): a float, or a 0-dim
+                tensor read when the backward runs.
 
         Returns:
             Dict with ``video_prob`` (B, C), ``audio_prob`` (B, C), ``visual_prob`` (B, C),
