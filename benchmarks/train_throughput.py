@@ -16,11 +16,14 @@ synthetic LLP set at the real feature sizes, generated into a temporary folder::
     A'  the reference design at our batch and precision (64, bf16 autocast where native).
     C   the fast path at our batch and precision; C0 like B0 at C's settings.
     F   ``avvp-finetune fit`` itself at the paper's settings (the paper's model, batch 64, the
-        default precision: bf16-mixed where native) with ``--data.store`` and
-        ``--data.device_resident``; F-HAN the same with HAN's model.
+        default precision: bf16-mixed where native; on a GPU each training step one CUDA graph,
+        ``--model.cuda_graphs``) with ``--data.store`` and ``--data.device_resident``; F-HAN the
+        same with HAN's model.
     C+comp  (``--compile``) C with ``torch.compile``; its compilation time is printed apart.
     F+comp  (``--compile``) F with ``--run.compile`` (the parser's blocks compiled; compilation
         falls in the warm-up epoch).
+    F-eager (``--eager-fit``) F with ``--model.cuda_graphs=false``: eager training steps on a GPU
+        too (on a CPU, F itself).
     E   a full evaluation of the test videos (forward, HAN's decision rule, all ten metrics): the
         reference's way (per-file loading, one video a step, float32, per-video Python metrics)
         and ours (store, batch 64, vectorized metrics).
@@ -243,7 +246,7 @@ class EpochTimer(Callback):
 
 def run_fit(root: Path, out: Path, device: torch.device, epochs: int, han: bool,
             paired: Callable[[], float] | None = None, compile: bool = False,
-            compile_mode: str | None = None) -> EpochTimer:
+            compile_mode: str | None = None, eager: bool = False) -> EpochTimer:
     """``avvp-finetune fit`` (the real CLI, defaults.yaml first: fused Adam, bf16-mixed where native)
     plus the timer; epoch 1 is warm-up (and compilation, with ``compile``: ``--run.compile``).
     ``paired`` runs after each timed epoch (see EpochTimer)."""
@@ -258,8 +261,9 @@ def run_fit(root: Path, out: Path, device: torch.device, epochs: int, han: bool,
             "--trainer.max_epochs", str(epochs + 1),
             "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu", "--trainer.devices", "1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--run.output_dir", str(out), "--run.name", ("han" if han else "paper") + ("-compiled" if compile else ""),
-            *(["--run.compile=true"] if compile else []),
+            "--run.output_dir", str(out),
+            "--run.name", ("han" if han else "paper") + ("-compiled" if compile else "") + ("-eager" if eager else ""),
+            *(["--run.compile=true"] if compile else []), *(["--model.cuda_graphs=false"] if eager else []),
             *(["--run.compile_mode", compile_mode] if compile and compile_mode else [])]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own flags
     try:
@@ -448,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
                              "compilation takes minutes")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode of C+comp and F+comp, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--eager-fit", action="store_true",
+                        help="add case F-eager: F with --model.cuda_graphs=false (eager steps on a GPU too)")
     parser.add_argument("--data", default=None, help="folder for the generated data (default: a temporary one)")
     opts = parser.parse_args(argv)
     device = torch.device(opts.device)
@@ -527,11 +533,12 @@ def main(argv: list[str] | None = None) -> None:
             fits = {}
             if not opts.skip_fit:
                 paired = lambda: cases[0].epoch(record=False)  # noqa: E731  (an A epoch, kept out of A's rounds)
-                for key, han, comp in (("F", False, False), ("F-HAN", True, False), ("F+comp", False, True)):
-                    if comp and not opts.compile:
+                for key, han, comp, eager in (("F", False, False, False), ("F-HAN", True, False, False),
+                                              ("F+comp", False, True, False), ("F-eager", False, False, True)):
+                    if (comp and not opts.compile) or (eager and not opts.eager_fit):
                         continue
                     fits[key] = run_fit(root, Path(tmp) / "runs", device, opts.epochs, han, paired, comp,
-                                        opts.compile_mode)
+                                        opts.compile_mode, eager)
                     print(f"{key}: " + ", ".join(f"{r:.0f}" for r in fits[key].rates) + " videos/s; A right after "
                           "each: " + ", ".join(f"{r:.0f}" for r in fits[key].paired_rates), flush=True)
                 round_("after the fits")  # brackets the fits, so that load drifts hit both sides
@@ -561,15 +568,16 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
         if timer.rates:
             rate[key] = statistics.median(timer.rates)
             label = "avvp-finetune fit, " + {"F": "paper model + settings", "F-HAN": "HAN model",
-                                             "F+comp": "paper model, compiled"}[key]
+                                             "F+comp": "paper model, compiled",
+                                             "F-eager": "paper model, no CUDA graphs"}[key]
             rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
                          rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
     print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "
           f"(min-max); fits: median of {opts.epochs} after a warm-up epoch")
-    print(f"{'':<7}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
+    print(f"{'':<8}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
           f"{'epoch s':>9}{'vs A':>7}   range")
     for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
-        print(f"{key:<7}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
+        print(f"{key:<8}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
               f"{r / rate['A']:>6.1f}x   {lo:.0f}-{hi:.0f}")
     print("\nSpeed-ups (paired: median over rounds of each ratio, with its range)")
     lines = [
@@ -582,6 +590,7 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
         ("F-HAN / A", f"avvp-finetune fit, HAN's model at batch 64 {prec}, vs the reference at HAN's"),
         ("C+comp / C", "torch.compile in the bare loop (batch 64)"),
         ("F+comp / F", "avvp-finetune fit --run.compile (the parser's blocks compiled) vs fit"),
+        ("F / F-eager", "avvp-finetune fit (CUDA graphs where a GPU) vs fit --model.cuda_graphs=false"),
     ]
     # Paired ratios: each round's (or each fit epoch's) rate over the reference epoch run next to
     # it, then the median over rounds. Drift on a shared machine moves neighbours alike, so these

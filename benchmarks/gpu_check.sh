@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU checks in one go (about 5 minutes on one H200), with avvp-lightning installed:
+#   1. the tests that need a CUDA device (CUDA-graph steps against eager steps, a graphed fit);
+#   2. a full 40-epoch fit at LLP's size (10,000 train / 649 val / 1,200 test synthetic videos,
+#      real feature sizes) with the paper's model and settings (CUDA graphs included), the packed
+#      store held on the GPU, timed from the command's start to its end, then its test;
+#   3. benchmarks/train_throughput.py on 10,000 videos with case F-eager (no CUDA graphs).
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (DATA=folder for the ~9 GB of generated data;
+# TRAIN, VAL, TEST and DEVICE=cpu make a small smoke run of the same steps; EAGER=1 adds the
+# 40-epoch fit without CUDA graphs, --model.cuda_graphs=false; BENCH=0 skips the benchmark)
+set -u
+OUT=${1:-gpu_check}
+DATA=${DATA:-/tmp/avvp_gpu_data}
+TRAIN=${TRAIN:-10000} VAL=${VAL:-649} TEST=${TEST:-1200} DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+seconds() { echo "$(( ($(date +%s%N) - $1) / 1000000 ))" | sed -E 's/([0-9]{3})$/.\1/'; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, '| lightning', pl.__version__)" \
+    | tee -a "$OUT/device.txt"
+
+echo "== 1. CUDA tests"
+# PYTHONSAFEPATH: import the installed package, not the repository's folder of the same name
+PYTHONSAFEPATH=1 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -n 15 \
+    | tee "$OUT/tests.txt"
+
+echo "== 2. 40 epochs at LLP's size ($TRAIN train videos)"
+rm -rf "$DATA"
+start=$(date +%s%N)
+avvp-data generate "$DATA/llp" --train "$TRAIN" --val "$VAL" --test "$TEST" && avvp-data pack "$DATA/llp"
+echo "data generated and packed in $(seconds "$start") s" | tee "$OUT/llp40.txt"
+fit=(--data.root "$DATA/llp" --data.store packed --data.device_resident=true --trainer.enable_progress_bar=false
+     --run.output_dir "$DATA/runs")
+curve='
+import sys
+from pathlib import Path
+import pandas as pd
+run = Path(sys.argv[1])
+rows = pd.concat(pd.read_csv(f) for f in sorted(run.glob("csv/version_*/metrics.csv")))
+val = rows["val/segment/type"].dropna()
+print(f"val segment Type@AV by epoch ({len(val)}):", " ".join(f"{v:.3f}" for v in val))
+'
+run40() {  # NAME [ARGS...]: a timed 40-epoch fit, its validation curve, its test
+    local name=$1 start status
+    shift
+    start=$(date +%s%N)
+    timeout 400 avvp-finetune fit "${fit[@]}" --run.name "$name" "$@" > "$OUT/$name.log" 2>&1
+    status=$?
+    echo "$name: avvp-finetune fit, 40 epochs $*: exit $status, $(seconds "$start") s wall" | tee -a "$OUT/llp40.txt"
+    grep -E "cuda_graphs|Error|UserWarning" "$OUT/$name.log" | tail -n 5 | tee -a "$OUT/llp40.txt"
+    python3 -c "$curve" "$DATA/runs/$name/seed0" | tee -a "$OUT/llp40.txt"
+    timeout 120 avvp-finetune test "${fit[@]}" --run.name "$name" --ckpt_path best 2>&1 | grep -A3 "Type@AV" \
+        | tee -a "$OUT/llp40.txt"
+}
+run40 llp40
+[ "${EAGER:-0}" = 1 ] && run40 llp40-eager --model.cuda_graphs=false  # for comparison
+rm -rf "$DATA"
+
+[ "${BENCH:-1}" = 1 ] || exit 0
+echo "== 3. throughput benchmark"
+timeout 420 python3 benchmarks/train_throughput.py --device "$DEVICE" --videos "$TRAIN" --test-videos "$TEST" \
+    --epochs 1 --eager-fit --data /tmp 2>&1 | grep -v -E "Warning|warn\(|^\s*$" | tee "$OUT/bench.txt"
