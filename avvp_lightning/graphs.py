@@ -32,9 +32,10 @@ class GraphedBackward:
     """Runs ``losses = fn(inputs)`` and ``losses["total"].backward()``, from a CUDA graph when it can.
 
     After each call every parameter's ``.grad`` holds the gradient of this call's total loss
-    alone, as after ``zero_grad()`` and ``backward()``. Nothing else may set the gradients to
-    None between calls (``optimizer.zero_grad(set_to_none=True)``): a replay writes the tensors
-    captured as gradients, and puts them back as ``.grad`` if they were removed.
+    alone, as after ``zero_grad()`` and ``backward()``. A replay writes the tensors captured as
+    gradients and puts them back as ``.grad`` where something set them to None between calls.
+    Parameters whose storage or ``requires_grad`` changed since the capture (moved, replaced,
+    frozen, unfrozen) drop the graph; the next call of the captured shape captures again.
 
     On the CPU (or with inputs on several devices) every call runs eagerly. On a CUDA device
     the first ``warmup`` calls run eagerly on a side stream; the next call whose input shapes
@@ -51,7 +52,8 @@ class GraphedBackward:
         warmup: Eager calls before the capture.
 
     If the capture fails (an operation that cannot be recorded), a warning names the error and
-    every later call runs eagerly.
+    every later call runs eagerly. The capture records this thread's work only
+    (``capture_error_mode="thread_local"``): a DataLoader's pin-memory thread may go on working.
 
     Attributes:
         replays: Calls served by the graph so far.
@@ -65,6 +67,7 @@ class GraphedBackward:
         self.static_inputs: dict[str, Tensor] = {}
         self.static_losses: Losses = {}
         self.grads: list[Optional[Tensor]] = []
+        self.layout: list[tuple[int, bool]] = []  # the parameters' (data_ptr, requires_grad) at capture
         self.key: Optional[tuple] = None
         self.last_key: Optional[tuple] = None
         self.replays = self.eager_calls = 0
@@ -78,19 +81,27 @@ class GraphedBackward:
     def __call__(self, inputs: dict[str, Tensor]) -> Losses:
         """One step's losses (the graph's own tensors after a replay: copy what you keep)."""
         key = self._key(inputs)
+        if self.graph is not None and self._layout() != self.layout:  # parameters moved or (un)frozen
+            self.graph, self.grads, self.static_inputs, self.static_losses = None, [], {}, {}
+            self.last_key = None
         if self.graph is not None and key == self.key:
             return self._replay(inputs)
         devices = {v.device for v in inputs.values()}
         capturable = len(devices) == 1 and next(iter(devices)).type == "cuda"
         if (capturable and self.graph is None and self.failed is None and self.eager_calls >= self.warmup
                 and key == self.last_key):
+            stream = torch.cuda.current_stream()
             try:
                 return self._capture(inputs, key)
             except RuntimeError as error:  # e.g. "operation not permitted when stream is capturing"
+                torch.cuda.set_stream(stream)  # a failed capture_end() leaves the capture stream current
                 self.failed, self.graph = error, None
                 warnings.warn(f"CUDA graph capture failed, training steps run eagerly: {error}", stacklevel=2)
         self.last_key = key
         return self._eager(inputs, side_stream=capturable)
+
+    def _layout(self) -> list[tuple[int, bool]]:
+        return [(p.data_ptr(), p.requires_grad) for p in self.params]
 
     # ------------------------------------------------------------------------------- the paths
     def _zero_grads(self) -> None:
@@ -104,21 +115,25 @@ class GraphedBackward:
             losses = self.fn(inputs)
             losses["total"].backward()
         self.eager_calls += 1
-        return losses
+        return {k: v.detach() for k, v in losses.items()}  # nothing keeps this step's autograd graph
 
     def _capture(self, inputs: dict[str, Tensor], key: tuple) -> Losses:
         self.static_inputs = {k: v.clone() for k, v in inputs.items()}
         for p in self.params:
             p.grad = None  # the captured backward allocates them in the graph's pool
         graph = torch.cuda.CUDAGraph()
-        with _uncached_autocast(), torch.cuda.graph(graph):
+        with _uncached_autocast(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             losses = self.fn(self.static_inputs)
             losses["total"].backward()
-        self.graph, self.key, self.static_losses = graph, key, losses
-        self.grads = [p.grad for p in self.params]
+        # Detached, the same memory that each replay writes. Kept with their autograd graph, the
+        # losses would keep the capture's AccumulateGrad nodes, tied to the capture stream, for
+        # the eager steps' backward (autograd warns of the stream mismatch and synchronizes).
+        self.static_losses = {k: v.detach() for k, v in losses.items()}
+        self.graph, self.key = graph, key
+        self.grads, self.layout = [p.grad for p in self.params], self._layout()
         graph.replay()  # the capture ran nothing: this call's step
         self.replays += 1
-        return losses
+        return self.static_losses
 
     def _replay(self, inputs: dict[str, Tensor]) -> Losses:
         for p, g in zip(self.params, self.grads):

@@ -5,12 +5,13 @@
 #      real feature sizes) with the paper's model and settings (CUDA graphs included), the packed
 #      store held on the GPU, timed from the command's start to its end, then its test;
 #   3. benchmarks/train_throughput.py on 10,000 videos with case F-eager (no CUDA graphs).
-# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (DATA=folder for the ~9 GB of generated data;
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (DATA=where the ~9 GB of generated data go, in
+# a folder avvp_gpu_check of their own, removed after use;
 # TRAIN, VAL, TEST and DEVICE=cpu make a small smoke run of the same steps; EAGER=1 adds the
 # 40-epoch fit without CUDA graphs, --model.cuda_graphs=false; BENCH=0 skips the benchmark)
 set -u
 OUT=${1:-gpu_check}
-DATA=${DATA:-/tmp/avvp_gpu_data}
+DATA=${DATA:-/tmp}/avvp_gpu_check
 TRAIN=${TRAIN:-10000} VAL=${VAL:-649} TEST=${TEST:-1200} DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1

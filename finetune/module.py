@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from avvp_lightning.data.llp import write_dense_csv
@@ -50,9 +51,10 @@ class ParserModule(pl.LightningModule):
             (:class:`~avvp_lightning.graphs.GraphedBackward`); the optimizer step, learning-rate
             schedule and gradient clipping stay Lightning's. The same training as eager steps
             (PyTorch's graph-safe random numbers give the same dropout draws). Used when
-            training runs on one CUDA device without gradient accumulation, in 32-bit or
-            bfloat16 precision, without ``--run.compile``; otherwise ignored: silently on a
-            CPU, with a note in the other cases.
+            training runs in one process on one CUDA device (Lightning's single-device
+            strategy) without gradient accumulation, in 32-bit or bfloat16 precision, without
+            ``--run.compile``; otherwise ignored: silently on a CPU, with a note in the other
+            cases.
         output_dir: Where ``test``/``predict`` write metrics and prediction CSVs;
             default ``<run folder>/test`` or ``<run folder>/predict``.
 
@@ -110,7 +112,7 @@ class ParserModule(pl.LightningModule):
             return
         trainer = self.trainer
         precision = str(trainer.precision)
-        why = ("several processes" if trainer.world_size > 1
+        why = (f"strategy {type(trainer.strategy).__name__}" if not isinstance(trainer.strategy, SingleDeviceStrategy)
                else "gradient accumulation" if trainer.accumulate_grad_batches > 1
                else f"precision {precision}" if precision not in ("32-true", "32", "bf16-mixed", "bf16-true")
                else "--run.compile" if any(getattr(m, "_compiled_call_impl", None) is not None
@@ -127,6 +129,9 @@ class ParserModule(pl.LightningModule):
         if self._graphed is not None:
             rank_zero_info(f"cuda_graphs: {self._graphed.replays} steps replayed, {self._graphed.eager_calls} eager")
         self._graphed = None  # frees the graph and its memory pool
+
+    def teardown(self, stage: str) -> None:
+        self._graphed = None  # also when fit stopped with an error
 
     def _graph_losses(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The training losses of one batch of tensors (what :class:`GraphedBackward` records)."""
@@ -158,9 +163,14 @@ class ParserModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
+        if self._graphed is not None and self.trainer.accumulate_grad_batches > 1:
+            # (a GradientAccumulationScheduler raised it mid-fit: graphed steps overwrite gradients)
+            rank_zero_info("cuda_graphs: not used from here on, with gradient accumulation; training steps run eagerly")
+            self._graphed = None  # Lightning's zero_grad and backward run again from this step on
         if self._graphed is not None:  # forward and backward here (replayed when captured)
             inputs = {k: batch[k] for k in ("audio", "visual", "motion", "label") if batch.get(k) is not None}
-            inputs["grl_alpha"] = torch.full((), alpha, device=self.device)  # a tensor: a graph input
+            # a float32 tensor (bf16-true makes bfloat16 the default dtype): a graph input
+            inputs["grl_alpha"] = torch.full((), alpha, dtype=torch.float32, device=self.device)
             # the graph's own loss tensors are overwritten by the next replay: copies for the logs
             losses = {k: v.detach().clone() for k, v in self._graphed(inputs).items()}
             losses["loss"] = losses["total"]  # for Lightning's closure (backward() skips it)

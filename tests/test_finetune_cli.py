@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,34 @@ def test_cuda_graphs_note_when_not_used(tiny_root: Path, tmp_path: Path, caplog:
         main(["fit", *small_args(tiny_root, tmp_path), "--trainer.max_epochs=1", "--model.cuda_graphs=true",
               "--trainer.accumulate_grad_batches=2"])
     assert "cuda_graphs: not used with gradient accumulation" in caplog.text
+
+
+def test_cuda_graphs_step_is_not_used_under_ddp_or_once_accumulation_starts(
+        tiny_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DDP strategy, even with one process, runs Lightning's own step (DDP's hooks need its
+    backward). Accumulation switched on mid-fit by a GradientAccumulationScheduler drops the
+    graphed step from that step on, so the accumulated weights are the default step's."""
+    from avvp_lightning.finetune.module import ParserModule
+
+    monkeypatch.setattr(ParserModule, "_graph_devices", ("cuda", "cpu"))
+    base = [*small_args(tiny_root, tmp_path), "--trainer.max_epochs=2"]
+    env = dict(os.environ)
+    try:
+        with caplog.at_level("INFO"):
+            main(["fit", *base, "--run.name", "ddp", "--trainer.strategy=ddp", "--trainer.devices=1"])
+    finally:  # in-process DDP leaves its process group and MASTER_PORT behind: later DDP tests need them gone
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(env)
+    assert "cuda_graphs: not used with strategy DDPStrategy" in caplog.text
+    schedule = ["--trainer.callbacks+=pytorch_lightning.callbacks.GradientAccumulationScheduler",
+                "--trainer.callbacks.scheduling={1: 2}"]
+    main(["fit", *base, "--run.name", "plain", "--model.cuda_graphs=false", *schedule])
+    with caplog.at_level("INFO"):
+        main(["fit", *base, "--run.name", "graphed", *schedule])
+    assert "cuda_graphs: not used from here on, with gradient accumulation" in caplog.text
+    weights = {name: torch.load(tmp_path / name / "seed0" / "checkpoints" / "last.ckpt", weights_only=True,
+                                map_location="cpu")["state_dict"] for name in ("plain", "graphed")}
+    for key, value in weights["plain"].items():
+        assert torch.equal(weights["graphed"][key], value), key
