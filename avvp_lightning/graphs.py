@@ -48,7 +48,8 @@ class GraphedBackward:
 
     Args:
         fn: Maps a dict of input tensors to a dict of 0-dim loss tensors with a ``"total"``.
-        params: The parameters whose gradients the backward fills.
+        params: The parameters whose gradients the backward fills, frozen ones included (so
+            that unfreezing one is seen).
         warmup: Eager calls before the capture.
 
     If the capture fails (an operation that cannot be recorded), a warning names the error and
@@ -84,6 +85,8 @@ class GraphedBackward:
         if self.graph is not None and self._layout() != self.layout:  # parameters moved or (un)frozen
             self.graph, self.grads, self.static_inputs, self.static_losses = None, [], {}, {}
             self.last_key = None
+            for p in self.params:  # fresh gradients (None for frozen ones), not the old graph's tensors
+                p.grad = None
         if self.graph is not None and key == self.key:
             return self._replay(inputs)
         devices = {v.device for v in inputs.values()}

@@ -121,17 +121,15 @@ class ParserModule(pl.LightningModule):
         if why is not None:
             rank_zero_info(f"cuda_graphs: not used with {why}; training steps run eagerly")
             return
-        self._graphed = GraphedBackward(self._graph_losses, [p for p in self.parameters() if p.requires_grad])
+        self._graphed = GraphedBackward(self._graph_losses, list(self.parameters()))
 
     _graph_devices = ("cuda",)  # where cuda_graphs applies (the CPU test adds "cpu": the same code, eagerly)
 
     def on_train_end(self) -> None:
         if self._graphed is not None:
             rank_zero_info(f"cuda_graphs: {self._graphed.replays} steps replayed, {self._graphed.eager_calls} eager")
-        self._graphed = None  # frees the graph and its memory pool
-
-    def teardown(self, stage: str) -> None:
-        self._graphed = None  # also when fit stopped with an error
+            self.zero_grad(set_to_none=True)  # the gradients live in the graph's memory pool
+        self._graphed = None  # frees the graph and its pool (after a failed fit: at the next fit's start)
 
     def _graph_losses(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The training losses of one batch of tensors (what :class:`GraphedBackward` records)."""

@@ -265,7 +265,7 @@ def test_cuda_graphs_step_is_not_used_under_ddp_or_once_accumulation_starts(
 
     monkeypatch.setattr(ParserModule, "_graph_devices", ("cuda", "cpu"))
     base = [*small_args(tiny_root, tmp_path), "--trainer.max_epochs=2"]
-    env = dict(os.environ)
+    env, threads = dict(os.environ), torch.get_num_threads()
     try:
         with caplog.at_level("INFO"):
             main(["fit", *base, "--run.name", "ddp", "--trainer.strategy=ddp", "--trainer.devices=1"])
@@ -274,6 +274,7 @@ def test_cuda_graphs_step_is_not_used_under_ddp_or_once_accumulation_starts(
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(env)
+        torch.set_num_threads(threads)  # Lightning's DDP set it to the CPU count
     assert "cuda_graphs: not used with strategy DDPStrategy" in caplog.text
     schedule = ["--trainer.callbacks+=pytorch_lightning.callbacks.GradientAccumulationScheduler",
                 "--trainer.callbacks.scheduling={1: 2}"]
