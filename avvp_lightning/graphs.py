@@ -46,15 +46,15 @@ class GraphedBackward:
     (scalars that change, like the gradient reversal strength, come in as 0-dim tensors), and
     under autocast its casts are not cached (the capture turns the cache off).
 
+    If the capture fails (an operation that cannot be recorded), a warning names the error and
+    every later call runs eagerly. The capture records this thread's work only
+    (``capture_error_mode="thread_local"``): a DataLoader's pin-memory thread may go on working.
+
     Args:
         fn: Maps a dict of input tensors to a dict of 0-dim loss tensors with a ``"total"``.
         params: The parameters whose gradients the backward fills, frozen ones included (so
             that unfreezing one is seen).
         warmup: Eager calls before the capture.
-
-    If the capture fails (an operation that cannot be recorded), a warning names the error and
-    every later call runs eagerly. The capture records this thread's work only
-    (``capture_error_mode="thread_local"``): a DataLoader's pin-memory thread may go on working.
 
     Attributes:
         replays: Calls served by the graph so far.

@@ -170,7 +170,7 @@ class ParserModule(pl.LightningModule):
             # a float32 tensor (bf16-true makes bfloat16 the default dtype): a graph input
             inputs["grl_alpha"] = torch.full((), alpha, dtype=torch.float32, device=self.device)
             # the graph's own loss tensors are overwritten by the next replay: copies for the logs
-            losses = {k: v.detach().clone() for k, v in self._graphed(inputs).items()}
+            losses = {k: v.clone() for k, v in self._graphed(inputs).items()}  # (returned detached)
             losses["loss"] = losses["total"]  # for Lightning's closure (backward() skips it)
         else:
             losses = self._losses(self(batch, grl_alpha=alpha), batch["label"])
