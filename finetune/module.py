@@ -64,6 +64,8 @@ class ParserModule(pl.LightningModule):
     float32 outside autocast. Validation, test and predict always run the parser in float32.
     """
 
+    _graph_devices = ("cuda",)  # where cuda_graphs applies (the CPU test adds "cpu": the same code, eagerly)
+
     def __init__(
         self,
         audio_dim: int = 128,
@@ -113,7 +115,6 @@ class ParserModule(pl.LightningModule):
         trainer = self.trainer
         precision = str(trainer.precision)
         why = (f"strategy {type(trainer.strategy).__name__}" if not isinstance(trainer.strategy, SingleDeviceStrategy)
-               else "gradient accumulation" if trainer.accumulate_grad_batches > 1
                else f"precision {precision}" if precision not in ("32-true", "32", "bf16-mixed", "bf16-true")
                else "--run.compile" if any(getattr(m, "_compiled_call_impl", None) is not None
                                            for m in self.parser.modules())
@@ -121,9 +122,7 @@ class ParserModule(pl.LightningModule):
         if why is not None:
             rank_zero_info(f"cuda_graphs: not used with {why}; training steps run eagerly")
             return
-        self._graphed = GraphedBackward(self._graph_losses, list(self.parameters()))
-
-    _graph_devices = ("cuda",)  # where cuda_graphs applies (the CPU test adds "cpu": the same code, eagerly)
+        self._graphed = GraphedBackward(self._graph_losses, list(self.parameters()))  # (accumulation: training_step)
 
     def on_train_end(self) -> None:
         if self._graphed is not None:
@@ -162,8 +161,9 @@ class ParserModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         alpha = self.grl_alpha() if self.hparams.adversarial else 1.0
         if self._graphed is not None and self.trainer.accumulate_grad_batches > 1:
-            # (a GradientAccumulationScheduler raised it mid-fit: graphed steps overwrite gradients)
-            rank_zero_info("cuda_graphs: not used from here on, with gradient accumulation; training steps run eagerly")
+            # graphed steps overwrite the gradients; checked every step, since a
+            # GradientAccumulationScheduler may raise accumulation mid-fit
+            rank_zero_info("cuda_graphs: not used with gradient accumulation; training steps run eagerly from here on")
             self._graphed = None  # Lightning's zero_grad and backward run again from this step on
         if self._graphed is not None:  # forward and backward here (replayed when captured)
             inputs = {k: batch[k] for k in ("audio", "visual", "motion", "label") if batch.get(k) is not None}

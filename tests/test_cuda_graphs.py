@@ -22,6 +22,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 DIMS = {"audio_dim": 16, "visual_dim": 32, "motion_dim": 8}
 
 
+def gpu_args(root: Path, out: Path) -> list[str]:
+    """``avvp-finetune`` options of a small 3-epoch GPU run on ``root`` (batch 16, width 64)."""
+    return ["--data.root", str(root), "--run.output_dir", str(out), "--data.batch_size", "16",
+            "--model.hidden_dim", "64", "--model.ffn_dim", "64", "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator=gpu", "--trainer.max_epochs=3", *(f"--data.{k}={v}" for k, v in DIMS.items())]
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_graph_replays_match_eager_steps(bf16: bool) -> None:
     """Warm-up, capture, replays and an eager step of another batch size in between: the losses,
@@ -83,10 +90,7 @@ def test_graphed_fit_draws_the_eager_fits_dropout(tmp_path: Path) -> None:
     random numbers give each replay the draws the eager step would have made."""
     root = tmp_path / "llp"
     generate_llp(root, num_train=64, num_val=16, num_test=16, seed=3, **DIMS)
-    args = ["fit", "--data.root", str(root), "--run.output_dir", str(tmp_path), "--data.batch_size", "16",
-            "--model.hidden_dim", "64", "--model.ffn_dim", "64", "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator=gpu", "--trainer.max_epochs=3", "--model.dropout=0.3",
-            *(f"--data.{k}={v}" for k, v in DIMS.items())]
+    args = ["fit", *gpu_args(root, tmp_path), "--model.dropout=0.3"]
     main([*args, "--run.name", "graphed", "--model.cuda_graphs=true"])
     main([*args, "--run.name", "eager", "--model.cuda_graphs=false"])
     weights = {name: torch.load(tmp_path / name / "seed0" / "checkpoints" / "last.ckpt", weights_only=True,
@@ -96,13 +100,10 @@ def test_graphed_fit_draws_the_eager_fits_dropout(tmp_path: Path) -> None:
 
 
 def test_graphed_fit_trains_and_reports_replays(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The real CLI on the GPU with the device-resident store: the graph serves the steps."""
+    """The real CLI on the GPU (per-file loading, batches moved to the GPU): the graph serves the steps."""
     root = tmp_path / "llp"
     generate_llp(root, num_train=100, num_val=20, num_test=20, seed=3, **DIMS)
-    args = ["--data.root", str(root), "--run.output_dir", str(tmp_path / "out"), "--data.batch_size", "16",
-            "--model.hidden_dim", "64", "--model.ffn_dim", "64", "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator=gpu", "--trainer.max_epochs=3", "--model.cuda_graphs=true",
-            *(f"--data.{k}={v}" for k, v in DIMS.items())]
+    args = [*gpu_args(root, tmp_path / "out"), "--model.cuda_graphs=true"]
     with caplog.at_level("INFO"):
         main(["fit", *args])
     # 7 batches an epoch (6 of 16, one of 4): 3 warm-up, capture at the 4th, the short ones eager
