@@ -106,6 +106,16 @@ def test_stale_store_sees_touched_and_added_feature_files(root: Path) -> None:
         read_store(root / "packed", ["val"], root=root, **DIMS)
 
 
+def test_store_ignores_other_files_and_sees_renamed_features(root: Path) -> None:
+    (root / "feats" / "vggish" / "README.txt").write_text("extracted with VGGish\n")  # not a feature file
+    (root / "feats" / "res152" / ".DS_Store").write_bytes(b"\0")
+    assert read_store(root / "packed", ["val"], root=root, **DIMS)["val"].audio.shape[0] == 11
+    path = next((root / "feats" / "r2plus1d_18").glob("*.npy"))
+    path.rename(path.with_name("zzzzzzzzzzz.npy"))  # same count, sizes and mtimes
+    with pytest.raises(DataError, match=r"feats/r2plus1d_18/: \.npy files were renamed"):
+        read_store(root / "packed", ["val"], root=root, **DIMS)
+
+
 def test_store_options_must_match(root: Path) -> None:
     with pytest.raises(DataError, match="pool_visual=False needs the per-file layout"):
         _dm(root, store="packed", pool_visual=False).setup("fit")
@@ -122,6 +132,20 @@ def test_store_without_its_source_is_used_with_a_warning(root: Path, tmp_path: P
     with pytest.warns(UserWarning, match="without checking"):
         dm.setup("test")
     assert len(dm.datasets["test"]) == 13
+
+
+def test_pack_through_a_symlink_writes_where_it_points(root: Path, tmp_path: Path) -> None:
+    target = tmp_path / "fast_disk" / "store"
+    target.mkdir(parents=True)
+    link = tmp_path / "store_link"
+    link.symlink_to(target)  # e.g. a store kept on another disk
+    for overwrite in (False, True):  # into the empty folder, then replacing the store there
+        pack_store(root, link, overwrite=overwrite, **DIMS)
+        assert link.is_symlink() and link.resolve() == target.resolve()
+        assert (target / INDEX_FILE).is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["fast_disk", "llp", "store_link"]  # no leftovers
+        assert os.listdir(tmp_path / "fast_disk") == ["store"]
+    assert read_store(link, ["test"], root=root, **DIMS)["test"].audio.shape[0] == 13
 
 
 def test_failed_pack_writes_nothing(root: Path, tmp_path: Path) -> None:

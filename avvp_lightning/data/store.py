@@ -16,11 +16,11 @@ ROOT`` reads them once, through the same checked reader as the datamodules
 is ever written back) and returns the very arrays the per-file reader returns; opening reads
 each requested split once to check that every value is finite (~0.3 s for LLP's 1.3 GB from
 the page cache).
-The store records a fingerprint of its source (size and mtime of each CSV; count, total size and
-newest mtime of the ``.npy`` files of each feature folder). Reading a store whose source has
-changed since raises a :class:`~avvp_lightning.errors.DataError` naming what changed and the
-command that rebuilds it; a store whose source is absent (e.g. copied alone to a GPU node) is
-used with a warning. Building is atomic: a temporary folder renamed into place when complete.
+The store records a fingerprint of its source (size and mtime of each CSV; count, total size,
+mtimes and a hash of the names of the ``.npy`` files of each feature folder; other files there
+are ignored). Reading a store whose source has changed since raises a
+:class:`~avvp_lightning.errors.DataError` naming what changed and the command that rebuilds it;
+a store whose source is absent (e.g. copied alone to a GPU node) is used with a warning. Building is atomic: a temporary folder renamed into place when complete.
 
 :class:`ResidentBatches` serves a split from tensors moved once to the training device,
 slicing batches by index: no DataLoader, no per-video collate.
@@ -28,6 +28,7 @@ slicing batches by index: no DataLoader, no per-video collate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -72,8 +73,10 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
 
     Returns:
         ``{"csv": {name: {"size", "mtime_ns"} or None}, "features": {folder: {"files", "bytes",
-        "newest_mtime_ns", "mtime_ns_sum", "folder_mtime_ns"} or None}}`` (None: absent); the sum
-        of the files' mtimes changes when any one of them is rewritten or touched.
+        "newest_mtime_ns", "mtime_ns_sum", "names_sha1"} or None}}`` (None: absent). Only the
+        ``.npy`` files count: the sum of their mtimes changes when any one of them is rewritten
+        or touched, the hash of their sorted names when one is renamed; a README or
+        ``.DS_Store`` added to a folder changes nothing.
     """
     root = Path(root)
     csvs: dict[str, Optional[dict[str, int]]] = {}
@@ -89,15 +92,17 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
         if not path.is_dir():
             folders[dirs[modality]] = None
             continue
-        files = size = newest = total = 0
+        size = newest = total = 0
+        names = []
         with os.scandir(path) as entries:  # one stat per file: ~5 ms per 1000 files
             for entry in entries:
                 if entry.name.endswith(".npy"):
                     stat = entry.stat()
-                    files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
-                    total += stat.st_mtime_ns
-        folders[dirs[modality]] = {"files": files, "bytes": size, "newest_mtime_ns": newest,
-                                   "mtime_ns_sum": total, "folder_mtime_ns": path.stat().st_mtime_ns}
+                    size, newest, total = size + stat.st_size, max(newest, stat.st_mtime_ns), total + stat.st_mtime_ns
+                    names.append(entry.name)
+        names_sha1 = hashlib.sha1("\n".join(sorted(names)).encode("utf-8", "surrogateescape")).hexdigest()
+        folders[dirs[modality]] = {"files": len(names), "bytes": size, "newest_mtime_ns": newest,
+                                   "mtime_ns_sum": total, "names_sha1": names_sha1}
     return {"csv": csvs, "features": folders}
 
 
@@ -120,6 +125,9 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
             changes.append(f"{name}: modified ({_when(old['mtime_ns'])} -> {_when(new['mtime_ns'])})")
     for folder, old in packed["features"].items():
         new = now["features"].get(folder)
+        if old is not None and new is not None:  # compare the keys both have: stores packed before
+            shared = old.keys() & new.keys()  # names_sha1 recorded the folder's mtime instead
+            old, new = {k: old[k] for k in shared}, {k: new[k] for k in shared}
         if old == new:
             continue
         if old is None or new is None:
@@ -131,7 +139,7 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
         elif old["newest_mtime_ns"] != new["newest_mtime_ns"] or old["mtime_ns_sum"] != new["mtime_ns_sum"]:
             changes.append(f"{folder}/: .npy files were modified (newest {_when(new['newest_mtime_ns'])})")
         else:
-            changes.append(f"{folder}/: files were renamed, added or removed")
+            changes.append(f"{folder}/: .npy files were renamed")
     return changes
 
 

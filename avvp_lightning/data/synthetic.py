@@ -310,8 +310,13 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
             dataset, a packed store); any other is never replaced, with or without ``overwrite``.
         refusal: Why such another folder is refused, for the error (e.g. ``"not written by this
             tool (no synthetic.json)"``).
+
+    A ``root`` that is a symbolic link (say, to a faster disk) is written where it points; the
+    link stays.
     """
     root = Path(root).absolute()
+    if root.is_symlink():
+        root = root.resolve()  # the temporary sibling goes next to the target: one rename, same disk
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
         if not replaceable(root):
             raise FileExistsError(f"{root}: {refusal}; give a new or empty folder (overwrite replaces only "
