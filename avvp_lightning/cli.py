@@ -319,6 +319,24 @@ class AVVPCLI(LightningCLI):
         checkpoint whose weights do not fit the configured model, naming the mismatch.
         """
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; when it fails, remove the CSV log folder it left empty.
+
+        Lightning creates ``csv/version_N`` as a run starts, before the data is read, so a run
+        stopped by bad input would leave an empty folder and the next run would log to
+        ``version_N+1``. Folders holding anything (a resumed run's logs) are kept.
+        """
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            trainer = getattr(self, "trainer", None)
+            for logger in trainer.loggers if trainer is not None else []:
+                if isinstance(logger, CSVLogger):
+                    for folder in (Path(logger.log_dir), Path(logger.root_dir)):  # csv/version_N, then csv
+                        if folder.is_dir() and not any(folder.iterdir()):
+                            folder.rmdir()
+            raise
+
     # ----------------------------------------------------------------- run folder
     def run_dir(self) -> Path:
         cfg = self.config[self.subcommand]

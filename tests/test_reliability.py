@@ -144,7 +144,7 @@ def test_bad_input_is_one_clear_error_before_training(case: str, tiny_root: Path
     assert str(root) in str(error.value)  # names the file by its full path
     run_dir = tmp_path / "out" / RUN
     assert not (run_dir / "checkpoints").exists(), "training started before the data were checked"
-    assert not list(run_dir.glob("csv/*/metrics.csv"))
+    assert not (run_dir / "csv").exists(), "an empty csv/version_N folder was left behind"
 
 
 @pytest.mark.slow
@@ -222,6 +222,7 @@ def test_failed_run_keeps_the_record_and_checkpoints_of_the_good_one(trained: Pa
     shutil.copytree(trained, out)
     before = {p: p.read_bytes() for p in (out / RUN).rglob("*") if p.is_file() and p.suffix in (".json", ".ckpt")}
     assert out / RUN / "run.json" in before
+    logs = sorted((out / RUN / "csv").iterdir())
     broken = tmp_path / "llp"
     shutil.copytree(tiny_root, broken)
     _save_feature(broken, np.zeros((9, 16), np.float32))
@@ -232,6 +233,7 @@ def test_failed_run_keeps_the_record_and_checkpoints_of_the_good_one(trained: Pa
         main(["test", *small_args(broken, out), "--ckpt_path", "last"])
     for path, content in before.items():
         assert path.read_bytes() == content, path
+    assert sorted((out / RUN / "csv").iterdir()) == logs  # the failed runs left no empty version_N
 
 
 def test_checkpoint_of_another_size_names_file_and_mismatch(trained: Path, tiny_root: Path) -> None:
