@@ -396,6 +396,18 @@ def test_float64_features_warn_once_and_cast(root: Path) -> None:
     np.testing.assert_allclose(dm.datasets["val"].tensors["audio"][0].numpy(), originals[1], rtol=1e-6)
 
 
+def test_big_endian_features_and_padded_header_names_read_as_usual(root: Path) -> None:
+    audio = root / "feats" / "vggish"
+    name = _line(root, "AVVP_train.csv", 2)[0]
+    original = np.load(audio / f"{video_id(name)}.npy")
+    np.save(audio / f"{video_id(name)}.npy", original.astype(">f4"))  # e.g. written on a big-endian machine
+    lines = (root / "AVVP_train.csv").read_text().splitlines()
+    (root / "AVVP_train.csv").write_text("\n".join(["filename \t event_labels ", *lines[1:]]) + "\n")
+    dm = _dm(root)
+    dm.setup("fit")
+    np.testing.assert_array_equal(dm.datasets["train"].tensors["audio"][0].numpy(), original)
+
+
 def test_many_problems_are_summarized(root: Path) -> None:
     shutil.rmtree(root / "feats" / "vggish")
     (root / "feats" / "vggish").mkdir()

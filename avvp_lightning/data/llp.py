@@ -17,6 +17,7 @@ all problems of a dataset in one message. Problems name the file and the CSV lin
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -88,6 +89,7 @@ def _read_table(path: Path, columns: Sequence[str], found: list[str],
     except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError, ValueError, OSError) as err:
         found.append(f"{path}: not a readable tab-separated CSV ({type(err).__name__}: {err})")
         return None
+    table.columns = [str(c).strip() for c in table.columns]  # as the values: "filename " is filename
     missing = [c for c in columns if c not in table.columns]
     if missing:
         found.append(f"{path}: missing column(s) {', '.join(missing)} (header has "
@@ -241,6 +243,8 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
     except Exception as err:  # truncated, corrupt header, a pickled object, unreadable: all unusable
         found.append(f"{path}: not a readable .npy file, truncated or corrupt ({type(err).__name__}: {err})")
         return None
+    if array.dtype.byteorder == (">" if sys.byteorder == "little" else "<"):  # e.g. written by MATLAB or Java
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.float64:
         seen["float64"] += 1
     elif array.dtype != np.float32:
