@@ -333,8 +333,11 @@ class AVVPCLI(LightningCLI):
             for logger in trainer.loggers if trainer is not None else []:
                 if isinstance(logger, CSVLogger):
                     for folder in (Path(logger.log_dir), Path(logger.root_dir)):  # csv/version_N, then csv
-                        if folder.is_dir() and not any(folder.iterdir()):
-                            folder.rmdir()
+                        try:
+                            if folder.is_dir() and not any(folder.iterdir()):
+                                folder.rmdir()
+                        except OSError:  # never hide the run's own error
+                            break
             raise
 
     # ----------------------------------------------------------------- run folder
@@ -434,7 +437,8 @@ class AVVPCLI(LightningCLI):
             return None
         hparams = dict(getattr(datamodule, "hparams", {}) or {})
         folders = {k.removesuffix("_dir"): v for k, v in hparams.items() if k.endswith("_dir") and isinstance(v, str)}
-        return runinfo.data_fingerprint(root, folders)
+        store_path = getattr(datamodule, "store_path", None)  # the LLP datamodule's packed store
+        return runinfo.data_fingerprint(root, folders, store_path() if callable(store_path) else None)
 
     def after_test(self) -> None:
         """Add the run record to ``metrics.json`` when the model wrote one."""

@@ -96,23 +96,34 @@ def feature_summary(folder: str | Path) -> dict[str, Any]:
     }
 
 
-def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str]) -> dict[str, Any]:
+def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
+                     store: Optional[str | Path] = None) -> dict[str, Any]:
     """SHA-256 of each CSV at the top of ``root`` and a summary of each feature folder.
 
     Args:
         root: The dataset root.
         feature_dirs: ``{name: folder}``, folders relative to ``root`` or absolute.
+        store: The packed store the run reads, if any: the SHA-256 of its ``index.json`` (its
+            videos, shapes, options and the fingerprint of its source when packed) is added, so a
+            store used without its source is identified too.
 
     Returns:
         ``{"root", "csv": {file: sha256}, "features": {name: {"dir", "files", "names_sha256",
-        "shapes"}}, "sha256"}``; the last hashes all the rest except the root's location.
+        "shapes"}}, "sha256"}`` (with a store also ``"store": {"path", "index_sha256"}``); the
+        last hashes all the rest except the locations of the root and the store.
     """
     root = Path(root).expanduser()
     csvs = {p.name: file_sha256(p) for p in sorted(root.glob("*.csv"))} if root.is_dir() else {}
     features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
-    content = {"csv": csvs, "features": features}
+    content: dict[str, Any] = {"csv": csvs, "features": features}
+    if store is not None:
+        index = Path(store).expanduser() / "index.json"
+        content["store"] = {"index_sha256": file_sha256(index) if index.is_file() else None}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    return {"root": str(root.resolve()), **content, "sha256": digest}
+    record = {"root": str(root.resolve()), **content, "sha256": digest}
+    if store is not None:
+        record["store"] = {"path": str(Path(store).expanduser().resolve()), **content["store"]}
+    return record
 
 
 def run_record(subcommand: str, seed: Optional[int], config: Mapping[str, Any],

@@ -47,6 +47,7 @@ from matplotlib.patches import Patch
 
 from avvp_lightning.cli import command_line_errors
 from avvp_lightning.data.llp import DENSE_FILES, SPLIT_FILES, read_dense_truth, read_video_list, video_id
+from avvp_lightning.data.store import read_index
 from avvp_lightning.data.synthetic import default_root
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASSES, NUM_CLASSES, NUM_SEGMENTS
@@ -223,6 +224,12 @@ def run_data_root(run: RunResult) -> tuple[Path, int]:
     data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
     if data.get("root"):
         root = Path(data["root"]).expanduser()
+    elif data.get("store"):  # a store given alone: the root it was packed from
+        root = Path(read_index(data["store"])["source"])
+        if not (root / SPLIT_FILES["test"]).is_file():
+            raise DataError(f"{path}: the run read the store {data['store']} alone, and the dataset it was packed "
+                            f"from, {root}, whose test CSVs the timeline reads, is not here; test the run again "
+                            "with --data.root naming the dataset")
     else:  # the run used the embedded synthetic set
         root = default_root("llp")
     if not root.is_dir():

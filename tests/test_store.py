@@ -13,10 +13,12 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from avvp_lightning.data.cli import main as data_main
 from avvp_lightning.data.datamodules import LLPDataModule
@@ -26,8 +28,10 @@ from avvp_lightning.data.synthetic import SMALL_DIMS, generate_llp
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune.cli import main as finetune
 from avvp_lightning.finetune.module import ParserModule
+from avvp_lightning.finetune.report import run_data_root
 from avvp_lightning.metrics import METRIC_KEYS, avvp_scores, decide
 from avvp_lightning.models.parser import AVVPParser
+from avvp_lightning.runinfo import data_fingerprint
 from test_ddp import run_ddp  # tests/test_ddp.py: the console script under 2 DDP processes
 
 DIMS = dict(SMALL_DIMS)  # audio 32, visual 32, motion 16
@@ -110,10 +114,66 @@ def test_store_ignores_other_files_and_sees_renamed_features(root: Path) -> None
     (root / "feats" / "vggish" / "README.txt").write_text("extracted with VGGish\n")  # not a feature file
     (root / "feats" / "res152" / ".DS_Store").write_bytes(b"\0")
     assert read_store(root / "packed", ["val"], root=root, **DIMS)["val"].audio.shape[0] == 11
-    path = next((root / "feats" / "r2plus1d_18").glob("*.npy"))
-    path.rename(path.with_name("zzzzzzzzzzz.npy"))  # same count, sizes and mtimes
+    first, second = sorted((root / "feats" / "r2plus1d_18").glob("*.npy"))[:2]
+    spare = first.with_name("spare.npy")
+    first.rename(spare)  # two videos' files swapped: the same names, sizes and mtimes
+    second.rename(first)
+    spare.rename(second)
+    with pytest.raises(DataError, match=r"feats/r2plus1d_18/: \.npy files were swapped"):
+        read_store(root / "packed", ["val"], root=root, **DIMS)
+    second.rename(second.with_name("zzzzzzzzzzz.npy"))
     with pytest.raises(DataError, match=r"feats/r2plus1d_18/: \.npy files were renamed"):
         read_store(root / "packed", ["val"], root=root, **DIMS)
+
+
+def test_store_with_its_csvs_but_without_features_is_used_with_a_warning(root: Path) -> None:
+    shutil.rmtree(root / "feats")  # e.g. the dataset's CSVs and its store copied to a GPU node
+    with pytest.warns(UserWarning, match="feature folders of its source are not under"):
+        assert len(read_store(root / "packed", ["test"], root=root, **DIMS)["test"].filenames) == 13
+    with open(root / "AVVP_test_pd.csv", "a") as f:  # the CSVs are still compared
+        f.write("\n")
+    with pytest.raises(DataError, match=r"out of date(.|\n)*AVVP_test_pd\.csv"):
+        read_store(root / "packed", ["test"], root=root, **DIMS)
+
+
+def test_broken_links_and_spelled_out_folders(root: Path, tmp_path: Path) -> None:
+    (root / "feats" / "vggish" / "zzzzzzzzzzz.npy").symlink_to(tmp_path / "not_fetched.npy")  # e.g. git-annex
+    dirs = {"audio_dir": "feats/vggish/", "visual_dir": "./feats/res152"}
+    store = pack_store(root, tmp_path / "store", **dirs, **DIMS)
+    assert read_store(store, ["val"], root=root, **DIMS)["val"].audio.shape[0] == 11  # same folders, other spelling
+
+
+def test_damaged_or_empty_store_file_is_named(root: Path) -> None:
+    (root / "packed" / "val" / "motion.npy").write_bytes(b"")  # an interrupted copy
+    with pytest.raises(DataError, match=r"val/motion\.npy: missing or damaged store file"):
+        read_store(root / "packed", ["val"], root=root, **DIMS)
+
+
+def test_pack_refuses_mount_points_and_unwritable_folders(root: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mount or real_ismount(path))
+    with pytest.raises(DataError, match=r"volume: a mount point(.|\n)*give a folder inside it"):
+        pack_store(root, mount, **DIMS)
+    assert os.listdir(mount) == [] and sorted(os.listdir(tmp_path)) == ["llp", "volume"]
+
+    def refuse(self: Path, *args: object, exist_ok: bool = False, **kwargs: object) -> None:
+        if not (exist_ok and self.is_dir()):
+            raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # a read-only dataset (root here: chmod would not stop it)
+    with pytest.raises(DataError, match=r"packed2: cannot create folders in .*llp \(Permission denied\)"):
+        pack_store(root, root / "packed2", **DIMS)
+
+
+def test_pack_command_names_the_splits_an_overwrite_would_drop(root: Path, capsys: pytest.CaptureFixture) -> None:
+    dims = ["--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]
+    assert data_main(["pack", str(root), "--out", str(root / "part"), "--splits", "train", "val", *dims]) == 0
+    assert data_main(["pack", str(root), "--out", str(root / "part"), "--splits", "test", *dims]) == 2
+    assert re.search(r"it holds train, val, not test(.|\n)*to keep train, val give --splits train val test",
+                     capsys.readouterr().err)
 
 
 def test_store_options_must_match(root: Path) -> None:
@@ -146,6 +206,18 @@ def test_pack_through_a_symlink_writes_where_it_points(root: Path, tmp_path: Pat
         assert sorted(p.name for p in tmp_path.iterdir()) == ["fast_disk", "llp", "store_link"]  # no leftovers
         assert os.listdir(tmp_path / "fast_disk") == ["store"]
     assert read_store(link, ["test"], root=root, **DIMS)["test"].audio.shape[0] == 13
+
+
+def test_run_record_and_report_find_the_data_of_a_store_used_alone(packed_root: Path, tmp_path: Path) -> None:
+    other = pack_store(packed_root, tmp_path / "other", splits=["test"], **DIMS)
+    gone, dirs = tmp_path / "gone", {"audio": "feats/vggish", "visual": "feats/res152", "motion": "feats/r2plus1d_18"}
+    first, second = (data_fingerprint(gone, dirs, store) for store in (packed_root / "packed", other))
+    assert first["csv"] == second["csv"] == {} and first["store"]["path"] == str((packed_root / "packed").resolve())
+    assert first["sha256"] != second["sha256"]  # no source to read: the stores tell the runs apart
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config-test.yaml").write_text(yaml.safe_dump({"data": {"root": None, "store": str(other)}}))
+    assert run_data_root(SimpleNamespace(folder=run)) == (packed_root, 10)  # the store's source, for timelines
 
 
 def test_failed_pack_writes_nothing(root: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +22,9 @@ from typing import Optional
 import numpy as np
 
 from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
-from avvp_lightning.data.store import DEFAULT_STORE_DIR, is_store, pack_store, read_index, stale_reasons
+from avvp_lightning.data.store import (
+    DEFAULT_STORE_DIR, is_store, pack_store, read_index, stale_reasons, store_options,
+)
 from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import NUM_SEGMENTS
@@ -66,13 +69,17 @@ def _check(args: argparse.Namespace) -> int:
     root = Path(args.root)
     for modality, folder in (("audio", args.audio_dir), ("visual", args.visual_dir), ("motion", args.motion_dir)):
         files = sorted((root / folder).glob("*.npy"))
-        shape = _shape(files[0]) if files else "none"
+        shape = next(filter(None, map(_shape, files)), "none")  # of the first readable file
         print(f"  {modality:<6} {root / folder}: {len(files)} files, shape {shape}")
     return 0
 
 
-def _shape(path: Path) -> str:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+def _shape(path: Path) -> Optional[str]:
+    """``"(10, 128) float32"`` for a readable ``.npy`` file, else None (a stray file no video names)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
     return f"{tuple(array.shape)} {array.dtype}"
 
 
@@ -83,15 +90,28 @@ def _pack(args: argparse.Namespace) -> int:
                    num_segments=args.num_segments)
     if is_store(out) and not args.overwrite:
         index = read_index(out)
-        same = index["options"] == {"dirs": {m: options[f"{m}_dir"] for m in FEATURE_DIRS},
-                                    "dims": {m: options[f"{m}_dim"] for m in FEATURE_DIRS},
-                                    "num_segments": args.num_segments} and set(args.splits) <= set(index["splits"])
+        packed = {**index["options"], "dirs": {m: os.path.normpath(d) for m, d in index["options"]["dirs"].items()}}
+        same = packed == store_options(**options)
+        held = list(index["splits"])
+        missing = [split for split in args.splits if split not in held]
         reasons = stale_reasons(index, args.root)
-        if same and reasons == []:
+        if same and not missing and reasons == []:
             print(f"{out}: up to date with {args.root}")
             return 0
-        why = "; ".join(reasons) if reasons else "packed with other options or splits"
-        raise DataError(f"{out}: exists and is out of date ({why}); pass --overwrite to rebuild it")
+        if reasons:
+            why = "; ".join(reasons)
+        elif not same:
+            why = "packed with other options"
+        elif missing:
+            why = f"it holds {', '.join(held)}, not {', '.join(missing)}"
+        else:
+            why = f"no feature folders under {args.root} to compare with"
+        hint = ""
+        if missing and held:  # --overwrite replaces the whole store
+            keep = [split for split in ("train", "val", "test") if split in held or split in args.splits]
+            hint = (f"; the rebuilt store holds only the --splits given, so to keep {', '.join(held)} give "
+                    f"--splits {' '.join(keep)}")
+        raise DataError(f"{out}: exists and is out of date ({why}); pass --overwrite to rebuild it{hint}")
     start = time.perf_counter()
     path = pack_store(args.root, out, splits=args.splits, overwrite=args.overwrite, **options)
     index = read_index(path)

@@ -183,11 +183,13 @@ class LLPDataModule(pl.LightningDataModule):
         """The dataset root (the embedded synthetic set when none was given)."""
         given = self.hparams.root
         if given is None and self.hparams.store is not None:
-            return Path(read_index(self._store_path())["source"])
+            return Path(read_index(self.store_path())["source"])
         return Path(given).expanduser() if given is not None else default_root("llp")
 
-    def _store_path(self) -> Path:
-        """The store folder: as given, or relative to ``root`` when it is not found as given."""
+    def store_path(self) -> Optional[Path]:
+        """The store folder (None without ``store``): as given, or relative to ``root`` when not found as given."""
+        if self.hparams.store is None:
+            return None
         store, given = Path(self.hparams.store).expanduser(), self.hparams.root
         return store if store.is_absolute() or store.exists() or given is None else Path(given).expanduser() / store
 
@@ -213,7 +215,7 @@ class LLPDataModule(pl.LightningDataModule):
                        audio_dim=hp.audio_dim, visual_dim=hp.visual_dim, motion_dim=hp.motion_dim,
                        num_segments=hp.num_segments, pool_visual=hp.pool_visual)
         splits = list(dict.fromkeys(splits))
-        data = read_store(self._store_path(), splits, root=root, **options) if hp.store is not None else {}
+        data = read_store(self.store_path(), splits, root=root, **options) if hp.store is not None else {}
         if lists or hp.store is None:
             data.update(read_llp(root, [s for s in splits if s not in data] + list(lists), lists=lists,
                                  problems=problems, **options))

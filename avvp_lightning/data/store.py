@@ -34,7 +34,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -73,10 +73,12 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
 
     Returns:
         ``{"csv": {name: {"size", "mtime_ns"} or None}, "features": {folder: {"files", "bytes",
-        "newest_mtime_ns", "mtime_ns_sum", "names_sha1"} or None}}`` (None: absent). Only the
-        ``.npy`` files count: the sum of their mtimes changes when any one of them is rewritten
-        or touched, the hash of their sorted names when one is renamed; a README or
-        ``.DS_Store`` added to a folder changes nothing.
+        "newest_mtime_ns", "mtime_ns_sum", "names_sha1", "stats_sha1", "folder_mtime_ns"} or
+        None}}`` (None: absent). Only the ``.npy`` files count: the sum of their mtimes changes
+        when any one of them is rewritten or touched, the hash of their sorted names when one is
+        renamed, the hash of each name with its size and mtime when two are swapped by renaming;
+        a README or ``.DS_Store`` added to a folder changes nothing. (The folder's own mtime,
+        which such a file changes, is compared only for stores packed before ``stats_sha1``.)
     """
     root = Path(root)
     csvs: dict[str, Optional[dict[str, int]]] = {}
@@ -92,18 +94,28 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
         if not path.is_dir():
             folders[dirs[modality]] = None
             continue
-        size = newest = total = 0
-        names = []
+        stats: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns)
         with os.scandir(path) as entries:  # one stat per file: ~5 ms per 1000 files
             for entry in entries:
                 if entry.name.endswith(".npy"):
-                    stat = entry.stat()
-                    size, newest, total = size + stat.st_size, max(newest, stat.st_mtime_ns), total + stat.st_mtime_ns
-                    names.append(entry.name)
-        names_sha1 = hashlib.sha1("\n".join(sorted(names)).encode("utf-8", "surrogateescape")).hexdigest()
-        folders[dirs[modality]] = {"files": len(names), "bytes": size, "newest_mtime_ns": newest,
-                                   "mtime_ns_sum": total, "names_sha1": names_sha1}
+                    try:
+                        stat = entry.stat()
+                        stats[entry.name] = (stat.st_size, stat.st_mtime_ns)
+                    except OSError:  # a broken link (e.g. an unfetched git-annex / DVC file)
+                        stats[entry.name] = (-1, 0)
+        names = sorted(stats)
+        folders[dirs[modality]] = {
+            "files": len(names), "bytes": sum(size for size, _ in stats.values()),
+            "newest_mtime_ns": max((t for _, t in stats.values()), default=0),
+            "mtime_ns_sum": sum(t for _, t in stats.values()), "names_sha1": _sha1(names),
+            "stats_sha1": _sha1(f"{name}\t{stats[name][0]}\t{stats[name][1]}" for name in names),
+            "folder_mtime_ns": path.stat().st_mtime_ns,  # compared only for stores packed without stats_sha1
+        }
     return {"csv": csvs, "features": folders}
+
+
+def _sha1(lines: Iterable[str]) -> str:
+    return hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _when(ns: int) -> str:
@@ -125,8 +137,11 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
             changes.append(f"{name}: modified ({_when(old['mtime_ns'])} -> {_when(new['mtime_ns'])})")
     for folder, old in packed["features"].items():
         new = now["features"].get(folder)
-        if old is not None and new is not None:  # compare the keys both have: stores packed before
-            shared = old.keys() & new.keys()  # names_sha1 recorded the folder's mtime instead
+        if old is not None and new is not None:
+            # The keys both have; the folder's own mtime only for stores of earlier versions (no
+            # stats_sha1), which had no other way to see renames.
+            ignored = {"folder_mtime_ns"} if "stats_sha1" in old else set()
+            shared = (old.keys() & new.keys()) - ignored
             old, new = {k: old[k] for k in shared}, {k: new[k] for k in shared}
         if old == new:
             continue
@@ -138,15 +153,21 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
             changes.append(f"{folder}/: .npy files total {old['bytes']} -> {new['bytes']} bytes")
         elif old["newest_mtime_ns"] != new["newest_mtime_ns"] or old["mtime_ns_sum"] != new["mtime_ns_sum"]:
             changes.append(f"{folder}/: .npy files were modified (newest {_when(new['newest_mtime_ns'])})")
-        else:
+        elif old.get("names_sha1") != new.get("names_sha1"):
             changes.append(f"{folder}/: .npy files were renamed")
+        elif old.get("stats_sha1") != new.get("stats_sha1"):
+            changes.append(f"{folder}/: .npy files were swapped (renamed to each other's names)")
+        else:
+            changes.append(f"{folder}/: files were renamed, added or removed")  # a store of an earlier version
     return changes
 
 
 # ------------------------------------------------------------------------------------ build
-def _options(audio_dir: str, visual_dir: str, motion_dir: str, audio_dim: Optional[int], visual_dim: Optional[int],
-             motion_dim: Optional[int], num_segments: int) -> dict[str, Any]:
-    return {"dirs": {"audio": audio_dir, "visual": visual_dir, "motion": motion_dir},
+def store_options(audio_dir: str, visual_dir: str, motion_dir: str, audio_dim: Optional[int],
+                  visual_dim: Optional[int], motion_dim: Optional[int], num_segments: int) -> dict[str, Any]:
+    """The reading options a store records (``index.json``'s ``options``) and is checked against."""
+    dirs = {"audio": audio_dir, "visual": visual_dir, "motion": motion_dir}
+    return {"dirs": {m: os.path.normpath(d) for m, d in dirs.items()},  # "feats/vggish/" is "feats/vggish"
             "dims": {"audio": audio_dim, "visual": visual_dim, "motion": motion_dim}, "num_segments": num_segments}
 
 
@@ -191,7 +212,7 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
     if root.resolve().is_relative_to(out.resolve()):
         raise DataError(f"{out}: holds the dataset {root}; a store needs a folder of its own "
                         f"(default: ROOT/{DEFAULT_STORE_DIR})")
-    options = _options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
+    options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
     index: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION,
                              "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -297,11 +318,18 @@ def _index_problem(index: dict[str, Any]) -> Optional[str]:
 
 
 def stale_reasons(index: dict[str, Any], root: str | Path) -> Optional[list[str]]:
-    """What changed in ``root`` since the store was packed ([] = up to date, None = source absent)."""
+    """What changed in ``root`` since the store was packed ([] = up to date, None = not checkable).
+
+    Without any of the feature folders at ``root`` (a store copied alone to a GPU node, or with
+    the CSVs only) only the CSVs can be compared: None when they are absent too or unchanged,
+    else what changed in them.
+    """
     now = source_fingerprint(root, index["options"]["dirs"])
-    if all(v is None for v in now["csv"].values()) and all(v is None for v in now["features"].values()):
+    if any(v is not None for v in now["features"].values()):
+        return fingerprint_changes(index["fingerprint"], now)
+    if all(v is None for v in now["csv"].values()):
         return None
-    return fingerprint_changes(index["fingerprint"], now)
+    return fingerprint_changes({"csv": index["fingerprint"]["csv"], "features": {}}, {**now, "features": {}}) or None
 
 
 def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str | Path] = None,
@@ -326,8 +354,9 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     """
     store = Path(store).expanduser()
     index = read_index(store)
-    packed, want = index["options"], _options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim,
-                                              num_segments)
+    packed, want = index["options"], store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim,
+                                                    motion_dim, num_segments)
+    packed = {**packed, "dirs": {m: os.path.normpath(d) for m, d in packed["dirs"].items()}}
     mismatch = [f"{key}.{m}: store {packed[key][m]}, asked {want[key][m]}" for key in ("dirs", "dims")
                 for m in MODALITIES if want[key][m] is not None and packed[key][m] != want[key][m]]
     if packed["num_segments"] != num_segments:
@@ -340,8 +369,8 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     source = Path(root).expanduser() if root is not None else Path(index["source"])
     reasons = stale_reasons(index, source)
     if reasons is None:
-        warnings.warn(f"{store}: its source layout is not at {source}; using the store without checking that "
-                      "it is up to date", stacklevel=2)
+        warnings.warn(f"{store}: the feature folders of its source are not under {source}; using the store "
+                      "without checking that it is up to date", stacklevel=2)
     elif reasons and not store.resolve().is_relative_to(source.resolve()) and (
             source.resolve() != Path(index["source"]).resolve()):  # not the store of this (maybe moved) root
         raise DataError(f"{store}: packed from {index['source']}, not from {source}, whose files differ "
@@ -365,7 +394,7 @@ def _load_split(store: Path, split: str, entry: dict[str, Any]) -> SplitData:
         path = store / split / f"{name}.npy"
         try:
             array = np.load(path, mmap_mode="c", allow_pickle=False)  # copy-on-write: never written back
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
             raise DataError(f"{path}: missing or damaged store file ({type(err).__name__}: {err}); rebuild the "
                             "store with `avvp-data pack ... --overwrite`") from err
         if list(array.shape) != shape or array.dtype != np.float32:

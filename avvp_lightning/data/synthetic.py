@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from avvp_lightning.data.llp import DENSE_FILES, FEATURE_DIRS, SPLIT_FILES, dense_to_rows, write_rows
+from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_SEGMENTS
 
 GENERATOR_VERSION = 1
@@ -312,21 +313,30 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
             tool (no synthetic.json)"``).
 
     A ``root`` that is a symbolic link (say, to a faster disk) is written where it points; the
-    link stays.
+    link stays. A mount point, or a parent folder that cannot be written, raises DataError
+    before anything is written.
     """
     root = Path(root).absolute()
     if root.is_symlink():
         root = root.resolve()  # the temporary sibling goes next to the target: one rename, same disk
+    if root.is_dir() and os.path.ismount(root):
+        raise DataError(f"{root}: a mount point, which cannot be replaced by the finished folder (it is "
+                        f"written beside it, then renamed into place); give a folder inside it, e.g. {root / 'data'}")
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
         if not replaceable(root):
             raise FileExistsError(f"{root}: {refusal}; give a new or empty folder (overwrite replaces only "
                                   "such a folder)")
         if not overwrite:
             raise FileExistsError(f"{root}: already exists and is not empty (overwrite, --overwrite, replaces it)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(root)
     tmp = root.parent / f"{_sibling_prefix(root, 'tmp')}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except PermissionError as err:
+        where = Path(err.filename).parent if err.filename else root.parent
+        raise DataError(f"{root}: cannot create folders in {where} ({err.strerror}); give a folder you can write "
+                        "to (avvp-data pack: --out DIR)") from None
+    _remove_orphans(root)
     try:
         yield tmp
         old = None
