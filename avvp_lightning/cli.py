@@ -33,7 +33,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -329,15 +329,11 @@ class AVVPCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
-            trainer = getattr(self, "trainer", None)
-            for logger in trainer.loggers if trainer is not None else []:
-                if isinstance(logger, CSVLogger):
-                    for folder in (Path(logger.log_dir), Path(logger.root_dir)):  # csv/version_N, then csv
-                        try:
-                            if folder.is_dir() and not any(folder.iterdir()):
-                                folder.rmdir()
-                        except OSError:  # never hide the run's own error
-                            break
+            logger = getattr(self, "csv_logger", None)  # this tool's own (make_loggers), never a user's
+            with suppress(Exception):  # never hide the run's own error
+                for folder in ([Path(logger.log_dir), Path(logger.root_dir)] if logger is not None else []):
+                    if folder.is_dir() and not any(folder.iterdir()):  # csv/version_N, then csv
+                        folder.rmdir()
             raise
 
     # ----------------------------------------------------------------- run folder
@@ -466,7 +462,8 @@ class AVVPCLI(LightningCLI):
     def make_loggers(self, run_dir: Path) -> list[Logger]:
         cfg = self.config[self.subcommand]
         # One CSV folder per invocation (csv/version_N), so a resumed fit keeps the old one.
-        loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
+        self.csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")
+        loggers: list[Logger] = [self.csv_logger]
         mode = cfg.run.wandb or os.environ.get("WANDB_MODE") or "offline"
         if mode == "disabled":
             return loggers

@@ -103,27 +103,46 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
     Args:
         root: The dataset root.
         feature_dirs: ``{name: folder}``, folders relative to ``root`` or absolute.
-        store: The packed store the run reads, if any: the SHA-256 of its ``index.json`` (its
-            videos, shapes, options and the fingerprint of its source when packed) is added, so a
-            store used without its source is identified too.
+        store: The packed store the run reads, if any: its path and :func:`store_sha256` are
+            recorded; when none of the feature folders is at ``root`` (a store used without its
+            source) that hash stands in for them in ``sha256``.
 
     Returns:
         ``{"root", "csv": {file: sha256}, "features": {name: {"dir", "files", "names_sha256",
-        "shapes"}}, "sha256"}`` (with a store also ``"store": {"path", "index_sha256"}``); the
-        last hashes all the rest except the locations of the root and the store.
+        "shapes"}}, "sha256"}`` (with a store also ``"store": {"path", "sha256"}``); the last
+        hashes the CSVs and features (see ``store``), not where they are, so the same data gives
+        the same hash on any machine, read per file or from a store.
     """
     root = Path(root).expanduser()
     csvs = {p.name: file_sha256(p) for p in sorted(root.glob("*.csv"))} if root.is_dir() else {}
     features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
     content: dict[str, Any] = {"csv": csvs, "features": features}
-    if store is not None:
-        index = Path(store).expanduser() / "index.json"
-        content["store"] = {"index_sha256": file_sha256(index) if index.is_file() else None}
+    stored = None if store is None else {"path": str(Path(store).expanduser().resolve()), "sha256": store_sha256(store)}
+    if stored is not None and all(f.get("missing") for f in features.values()):
+        content["store"] = stored["sha256"]
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    record = {"root": str(root.resolve()), **content, "sha256": digest}
-    if store is not None:
-        record["store"] = {"path": str(Path(store).expanduser().resolve()), **content["store"]}
+    record = {"root": str(root.resolve()), "csv": csvs, "features": features, "sha256": digest}
+    if stored is not None:
+        record["store"] = stored
     return record
+
+
+def store_sha256(store: str | Path) -> Optional[str]:
+    """SHA-256 identifying a packed store's data, the same for every packing of the same data.
+
+    It hashes the feature sizes, segments and each split's content hash (its ids and values,
+    computed when packing); for a store of an earlier version, without those, each split's ids
+    and array shapes. None when the store's ``index.json`` cannot be read.
+    """
+    try:
+        index = json.loads((Path(store).expanduser() / "index.json").read_text())
+        options, splits = index["options"], index["splits"]
+        content = {"dims": options["dims"], "num_segments": options["num_segments"],
+                   "splits": {split: entry.get("sha256") or {"filenames": entry["filenames"], "arrays": entry["arrays"]}
+                              for split, entry in splits.items()}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def run_record(subcommand: str, seed: Optional[int], config: Mapping[str, Any],

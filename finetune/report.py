@@ -225,11 +225,18 @@ def run_data_root(run: RunResult) -> tuple[Path, int]:
     if data.get("root"):
         root = Path(data["root"]).expanduser()
     elif data.get("store"):  # a store given alone: the root it was packed from
-        root = Path(read_index(data["store"])["source"])
-        if not (root / SPLIT_FILES["test"]).is_file():
-            raise DataError(f"{path}: the run read the store {data['store']} alone, and the dataset it was packed "
-                            f"from, {root}, whose test CSVs the timeline reads, is not here; test the run again "
-                            "with --data.root naming the dataset")
+        store = Path(data["store"]).expanduser()  # as given to the test run, or as its run record resolved it
+        recorded = ((run.metrics.get("run") or {}).get("data") or {}).get("store") or {}
+        if not (store / "index.json").is_file() and recorded.get("path"):
+            store = Path(recorded["path"])
+        try:
+            root = Path(read_index(store)["source"])
+        except DataError as err:
+            raise DataError(f"{path}: the run read the store {data['store']}, unreadable from here: {err}") from None
+        if not all((root / name).is_file() for name in (SPLIT_FILES["test"], *DENSE_FILES.values())):
+            raise DataError(f"{path}: the run read the store {store} alone, and the dataset it was packed from, "
+                            f"{root}, whose test CSVs the timeline reads, is not here; test the run again with "
+                            "--data.root naming the dataset")
     else:  # the run used the embedded synthetic set
         root = default_root("llp")
     if not root.is_dir():

@@ -8,6 +8,7 @@ the float32 metrics of the same decisions.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -115,6 +116,9 @@ def test_store_ignores_other_files_and_sees_renamed_features(root: Path) -> None
     (root / "feats" / "res152" / ".DS_Store").write_bytes(b"\0")
     assert read_store(root / "packed", ["val"], root=root, **DIMS)["val"].audio.shape[0] == 11
     first, second = sorted((root / "feats" / "r2plus1d_18").glob("*.npy"))[:2]
+    os.utime(first, ns=(0, 10**18))  # distinct mtimes (an archive's whole seconds could tie: then unseen)
+    os.utime(second, ns=(0, 10**18 + 10**9))
+    pack_store(root, root / "packed", overwrite=True, **DIMS)
     spare = first.with_name("spare.npy")
     first.rename(spare)  # two videos' files swapped: the same names, sizes and mtimes
     second.rename(first)
@@ -159,13 +163,14 @@ def test_pack_refuses_mount_points_and_unwritable_folders(root: Path, tmp_path: 
         pack_store(root, mount, **DIMS)
     assert os.listdir(mount) == [] and sorted(os.listdir(tmp_path)) == ["llp", "volume"]
 
-    def refuse(self: Path, *args: object, exist_ok: bool = False, **kwargs: object) -> None:
-        if not (exist_ok and self.is_dir()):
-            raise PermissionError(13, "Permission denied", str(self))
+    for error in (PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system")):
+        def refuse(self: Path, *args: object, exist_ok: bool = False, **kwargs: object) -> None:
+            if not (exist_ok and self.is_dir()):
+                raise type(error)(error.errno, error.strerror, str(self))
 
-    monkeypatch.setattr(Path, "mkdir", refuse)  # a read-only dataset (root here: chmod would not stop it)
-    with pytest.raises(DataError, match=r"packed2: cannot create folders in .*llp \(Permission denied\)"):
-        pack_store(root, root / "packed2", **DIMS)
+        monkeypatch.setattr(Path, "mkdir", refuse)  # a read-only dataset (root here: chmod would not stop it)
+        with pytest.raises(DataError, match=rf"packed2: cannot create folders in .*llp \({error.strerror}\)"):
+            pack_store(root, root / "packed2", **DIMS)
 
 
 def test_pack_command_names_the_splits_an_overwrite_would_drop(root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -206,6 +211,10 @@ def test_pack_through_a_symlink_writes_where_it_points(root: Path, tmp_path: Pat
         assert sorted(p.name for p in tmp_path.iterdir()) == ["fast_disk", "llp", "store_link"]  # no leftovers
         assert os.listdir(tmp_path / "fast_disk") == ["store"]
     assert read_store(link, ["test"], root=root, **DIMS)["test"].audio.shape[0] == 13
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match="loop: a symbolic link that cannot be followed"):
+        pack_store(root, loop, **DIMS)
 
 
 def test_run_record_and_report_find_the_data_of_a_store_used_alone(packed_root: Path, tmp_path: Path) -> None:
@@ -214,10 +223,14 @@ def test_run_record_and_report_find_the_data_of_a_store_used_alone(packed_root: 
     first, second = (data_fingerprint(gone, dirs, store) for store in (packed_root / "packed", other))
     assert first["csv"] == second["csv"] == {} and first["store"]["path"] == str((packed_root / "packed").resolve())
     assert first["sha256"] != second["sha256"]  # no source to read: the stores tell the runs apart
+    again = pack_store(packed_root, tmp_path / "again", **DIMS)  # the same data packed again: the same hash
+    assert data_fingerprint(gone, dirs, again)["sha256"] == first["sha256"]
+    per_file = data_fingerprint(packed_root, dirs)  # with the source there, a store run hashes as a per-file run
+    assert data_fingerprint(packed_root, dirs, other)["sha256"] == per_file["sha256"] != first["sha256"]
     run = tmp_path / "run"
     run.mkdir()
     (run / "config-test.yaml").write_text(yaml.safe_dump({"data": {"root": None, "store": str(other)}}))
-    assert run_data_root(SimpleNamespace(folder=run)) == (packed_root, 10)  # the store's source, for timelines
+    assert run_data_root(SimpleNamespace(folder=run, metrics={})) == (packed_root, 10)  # its source, for timelines
 
 
 def test_failed_pack_writes_nothing(root: Path, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import numpy as np
 
 from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
 from avvp_lightning.data.store import (
-    DEFAULT_STORE_DIR, is_store, pack_store, read_index, stale_reasons, store_options,
+    DEFAULT_STORE_DIR, is_store, normalized_dir, pack_store, read_index, stale_reasons, store_options,
 )
 from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
 from avvp_lightning.errors import DataError
@@ -90,7 +89,7 @@ def _pack(args: argparse.Namespace) -> int:
                    num_segments=args.num_segments)
     if is_store(out) and not args.overwrite:
         index = read_index(out)
-        packed = {**index["options"], "dirs": {m: os.path.normpath(d) for m, d in index["options"]["dirs"].items()}}
+        packed = {**index["options"], "dirs": {m: normalized_dir(d) for m, d in index["options"]["dirs"].items()}}
         same = packed == store_options(**options)
         held = list(index["splits"])
         missing = [split for split in args.splits if split not in held]
@@ -104,8 +103,9 @@ def _pack(args: argparse.Namespace) -> int:
             why = "packed with other options"
         elif missing:
             why = f"it holds {', '.join(held)}, not {', '.join(missing)}"
-        else:
-            why = f"no feature folders under {args.root} to compare with"
+        else:  # reasons is None: nothing at ROOT to compare with
+            raise DataError(f"{out}: cannot be checked against {args.root}: no feature folders there; give the "
+                            "dataset it was packed from")
         hint = ""
         if missing and held:  # --overwrite replaces the whole store
             keep = [split for split in ("train", "val", "test") if split in held or split in args.splits]

@@ -5,7 +5,8 @@ floats); reading and pooling ~36,000 small files costs minutes on the real LLP. 
 ROOT`` reads them once, through the same checked reader as the datamodules
 (:func:`~avvp_lightning.data.llp.read_llp`), and writes per split one array per kind::
 
-    <store>/index.json                  format version, options, source fingerprint, filenames
+    <store>/index.json                  format version, options, source fingerprint, filenames, a
+                                        SHA-256 of each split's ids and values
     <store>/<split>/audio.npy           (N, T, Da) float32
     <store>/<split>/visual.npy          (N, T, Dv) float32, the frames mean-pooled to segments
     <store>/<split>/motion.npy          (N, T, Dm) float32
@@ -32,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -76,7 +78,8 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
         "newest_mtime_ns", "mtime_ns_sum", "names_sha1", "stats_sha1", "folder_mtime_ns"} or
         None}}`` (None: absent). Only the ``.npy`` files count: the sum of their mtimes changes
         when any one of them is rewritten or touched, the hash of their sorted names when one is
-        renamed, the hash of each name with its size and mtime when two are swapped by renaming;
+        renamed, the hash of each name with its size and mtime when two are swapped by renaming
+        (seen when their mtimes differ: files unpacked from an archive may share whole seconds);
         a README or ``.DS_Store`` added to a folder changes nothing. (The folder's own mtime,
         which such a file changes, is compared only for stores packed before ``stats_sha1``.)
     """
@@ -163,11 +166,16 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
 
 
 # ------------------------------------------------------------------------------------ build
+def normalized_dir(folder: str) -> str:
+    """One spelling per folder, the same on every OS: ``feats/vggish/``, ``./feats/vggish`` -> ``feats/vggish``."""
+    return posixpath.normpath(folder.replace("\\", "/"))
+
+
 def store_options(audio_dir: str, visual_dir: str, motion_dir: str, audio_dim: Optional[int],
                   visual_dim: Optional[int], motion_dim: Optional[int], num_segments: int) -> dict[str, Any]:
     """The reading options a store records (``index.json``'s ``options``) and is checked against."""
     dirs = {"audio": audio_dir, "visual": visual_dir, "motion": motion_dir}
-    return {"dirs": {m: os.path.normpath(d) for m, d in dirs.items()},  # "feats/vggish/" is "feats/vggish"
+    return {"dirs": {m: normalized_dir(d) for m, d in dirs.items()},
             "dims": {"audio": audio_dim, "visual": visual_dim, "motion": motion_dim}, "num_segments": num_segments}
 
 
@@ -207,9 +215,13 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLIT_FILES)}")
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: a file, not a store folder")
-    if root.resolve().is_relative_to(out.resolve()):
+    try:
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{out}: a file, not a store folder")
+        holds_root = root.resolve().is_relative_to(out.resolve())
+    except (OSError, RuntimeError) as err:  # a loop of symbolic links
+        raise DataError(f"{out}: a symbolic link that cannot be followed ({err})") from None
+    if holds_root:
         raise DataError(f"{out}: holds the dataset {root}; a store needs a folder of its own "
                         f"(default: ROOT/{DEFAULT_STORE_DIR})")
     options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
@@ -226,11 +238,15 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
             if problems or data is None:
                 continue
             (tmp / split).mkdir()
-            arrays = _arrays(data)
+            arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in _arrays(data).items()}
+            content = hashlib.sha256("\n".join(data.filenames).encode("utf-8", "surrogateescape"))
             for name, array in arrays.items():
-                np.save(tmp / split / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
+                np.save(tmp / split / f"{name}.npy", array)
+                content.update(f"\n{name} {array.shape}\n".encode())
+                content.update(memoryview(array).cast("B"))  # the float32 values' bytes
             index["splits"][split] = {"videos": len(data.filenames), "filenames": data.filenames,
-                                      "arrays": {name: list(a.shape) for name, a in arrays.items()}}
+                                      "arrays": {name: list(a.shape) for name, a in arrays.items()},
+                                      "sha256": content.hexdigest()}  # ~1 s per GB; identifies the split's data
         raise_problems(problems, what=f"LLP dataset at {root} (nothing packed)")
         changed = fingerprint_changes(before, source_fingerprint(root, options["dirs"]))
         if changed:
@@ -356,7 +372,7 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     index = read_index(store)
     packed, want = index["options"], store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim,
                                                     motion_dim, num_segments)
-    packed = {**packed, "dirs": {m: os.path.normpath(d) for m, d in packed["dirs"].items()}}
+    packed = {**packed, "dirs": {m: normalized_dir(d) for m, d in packed["dirs"].items()}}
     mismatch = [f"{key}.{m}: store {packed[key][m]}, asked {want[key][m]}" for key in ("dirs", "dims")
                 for m in MODALITIES if want[key][m] is not None and packed[key][m] != want[key][m]]
     if packed["num_segments"] != num_segments:

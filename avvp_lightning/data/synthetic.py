@@ -318,7 +318,10 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
     """
     root = Path(root).absolute()
     if root.is_symlink():
-        root = root.resolve()  # the temporary sibling goes next to the target: one rename, same disk
+        try:
+            root = root.resolve()  # the temporary sibling goes next to the target: one rename, same disk
+        except (OSError, RuntimeError) as err:  # a loop of links
+            raise DataError(f"{root}: a symbolic link that cannot be followed ({err})") from None
     if root.is_dir() and os.path.ismount(root):
         raise DataError(f"{root}: a mount point, which cannot be replaced by the finished folder (it is "
                         f"written beside it, then renamed into place); give a folder inside it, e.g. {root / 'data'}")
@@ -332,10 +335,10 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-    except PermissionError as err:
+    except OSError as err:  # no permission, a read-only filesystem, ...
         where = Path(err.filename).parent if err.filename else root.parent
-        raise DataError(f"{root}: cannot create folders in {where} ({err.strerror}); give a folder you can write "
-                        "to (avvp-data pack: --out DIR)") from None
+        raise DataError(f"{root}: cannot create folders in {where} ({err.strerror or err}); give a folder you "
+                        "can write to") from None
     _remove_orphans(root)
     try:
         yield tmp
