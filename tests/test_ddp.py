@@ -112,6 +112,38 @@ def test_datamodule_eval_loaders_use_the_block_sampler(tmp_path: Path) -> None:
     assert not isinstance(dm.train_dataloader().sampler, DistributedSampler)
 
 
+@pytest.mark.parametrize("resident", [False, True])
+def test_evaluation_limits_under_ddp_score_the_videos_one_process_scores(tmp_path: Path, resident: bool) -> None:
+    root = generate_llp(tmp_path / "llp", num_train=6, num_val=5, num_test=7, seed=1, **DIMS)
+    dm = LLPDataModule(str(root), batch_size=2, device_resident=resident, **DIMS)
+    dm.setup("test")
+    ids = dm.datasets["test"].ids  # 7 videos: 4 batches in one process
+
+    def trainer(rank: int, world: int, limit: float) -> SimpleNamespace:
+        return SimpleNamespace(distributed_sampler_kwargs={"num_replicas": world, "rank": rank} if world > 1 else None,
+                               limit_test_batches=limit, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+    for limit, scored in ((2, 4), (0.5, 4), (0.8, 6), (10, 7), (1.0, 7)):  # int(4 * 0.8) = 3 batches
+        seen = []
+        for rank in range(3):
+            dm.trainer = trainer(rank, 3, limit)
+            seen += [i for batch in dm.test_dataloader() for i in batch["id"]]
+            assert dm.trainer.limit_test_batches == 1.0  # the limit is applied to the list, not per process
+        assert seen == ids[:scored], limit
+    dm.trainer = trainer(0, 1, 2)  # one process: Lightning applies the limit itself
+    assert len([i for batch in dm.test_dataloader() for i in batch["id"]]) == 7 and dm.trainer.limit_test_batches == 2
+    dm.trainer = trainer(0, 2, 0.1)
+    with pytest.raises(DataError, match=r"limit_test_batches=0\.1 of its 4 batches is less than one batch"):
+        dm.test_dataloader()
+    dm.trainer = trainer(0, 3, 1)  # one batch of 2 videos for 3 processes
+    with pytest.raises(DataError, match="test set: 2 videos for 3 processes"):
+        dm.test_dataloader()
+    early = LLPDataModule(str(root), batch_size=2, **DIMS)
+    early.trainer = trainer(0, 8, 1.0)
+    with pytest.raises(DataError, match="test set: 7 videos for 8 processes"):
+        early.setup("test")  # as the data loads: before the run writes its config and record
+
+
 @pytest.mark.parametrize("config", [c for c in bundled_configs("finetune") if not c.startswith("pretrain_")])
 def test_every_finetune_parameter_gets_a_gradient(config: str) -> None:
     """Plain ``ddp`` (find_unused_parameters=False) needs every parameter in every step's graph."""

@@ -20,6 +20,7 @@ process's.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,8 +85,8 @@ class EvalDistributedSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
         size = len(dataset)  # type: ignore[arg-type]
         if 0 < size < num_replicas:
-            raise DataError(f"{what}: {size} videos for {num_replicas} processes; every process needs at "
-                            "least one (use fewer devices)")
+            raise DataError(f"{what}: {size} video{'s' if size > 1 else ''} for {num_replicas} processes; every "
+                            "process needs at least one (use fewer devices)")
         self.start, self.stop = rank * size // num_replicas, (rank + 1) * size // num_replicas
         self.num_samples, self.total_size = self.stop - self.start, size
 
@@ -108,19 +109,63 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
                       persistent_workers=num_workers > 0, **order)
 
 
-def _eval_loader(datamodule: pl.LightningDataModule, split: str) -> DataLoader:
-    """The loader of an evaluation split in list order; its own block of it per process under DDP."""
-    dataset = datamodule.datasets[split]
-    trainer, sampler = datamodule.trainer, None
+def _grid(datamodule: pl.LightningDataModule) -> tuple[int, int]:
+    """(rank, number of processes) of this process: (0, 1) outside DDP."""
+    trainer = datamodule.trainer
     if trainer is not None:
         grid = trainer.distributed_sampler_kwargs  # None in a single process
     elif torch.distributed.is_available() and torch.distributed.is_initialized():
         grid = {"num_replicas": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank()}
     else:
         grid = None
-    if grid and grid["num_replicas"] > 1:
-        sampler = EvalDistributedSampler(dataset, grid["num_replicas"], grid["rank"],
-                                         what=f"{type(datamodule).__name__} {split} set")
+    return (grid["rank"], grid["num_replicas"]) if grid else (0, 1)
+
+
+LIMITS = {"val": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
+
+
+def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDataset:
+    """The videos of an evaluation split that are scored: the same ones for any number of processes.
+
+    All of them, unless ``--trainer.limit_{val,test,predict}_batches`` limits the split. Lightning
+    applies such a limit in each process, which under DDP would score each process's first
+    batches of its own block instead of the list's first batches. So under DDP the limit is
+    applied here, to the list (the videos one process scores: the first ``k`` batches, or the
+    fraction's ``int(f * batches)``), and the trainer's own limit then set to all batches. Worked
+    out once per split and trainer.
+
+    Raises:
+        DataError: Fewer scored videos than processes (a process without a batch would leave the
+            others waiting at the metric sync), or a fractional limit below one batch.
+    """
+    trainer, (_, world) = datamodule.trainer, _grid(datamodule)
+    known: dict[str, tuple[object, VideoDataset]] = datamodule.__dict__.setdefault("_scored", {})
+    if split in known and known[split][0] is trainer:
+        return known[split][1]
+    dataset, what = datamodule.datasets[split], f"{type(datamodule).__name__} {split} set"
+    limit = getattr(trainer, LIMITS[split], 1.0) if trainer is not None and split in LIMITS else 1.0
+    if world > 1 and limit != 0 and not (isinstance(limit, float) and limit == 1.0):  # int 1: one batch
+        batches = math.ceil(len(dataset) / datamodule.batch_size)
+        kept = int(batches * limit) if isinstance(limit, float) else min(int(limit), batches)
+        if kept == 0:
+            raise DataError(f"{what}: --trainer.{LIMITS[split]}={limit} of its {batches} batches is less than "
+                            "one batch; raise the limit")
+        size = min(len(dataset), kept * datamodule.batch_size)
+        dataset = VideoDataset(dataset.ids[:size], {name: t[:size] for name, t in dataset.tensors.items()})
+        setattr(trainer, LIMITS[split], 1.0)  # applied above, to the list, for every process alike
+    if 0 < len(dataset) < world:
+        raise DataError(f"{what}: {len(dataset)} video{'s' if len(dataset) > 1 else ''} for {world} processes; "
+                        "every process needs at least one (use fewer devices)")
+    known[split] = (trainer, dataset)
+    return dataset
+
+
+def _eval_loader(datamodule: pl.LightningDataModule, split: str) -> DataLoader:
+    """The loader of an evaluation split in list order; its own block of it per process under DDP."""
+    dataset, (rank, world) = scored_videos(datamodule, split), _grid(datamodule)
+    sampler = None
+    if world > 1:
+        sampler = EvalDistributedSampler(dataset, world, rank, what=f"{type(datamodule).__name__} {split} set")
     return _loader(dataset, datamodule.batch_size, datamodule.num_workers, shuffle=False, sampler=sampler)
 
 
@@ -226,6 +271,8 @@ class LLPDataModule(pl.LightningDataModule):
                 self.datasets["predict"] = self._dataset(source, dense=False)
             else:
                 self.datasets[split] = self._dataset(data[split], dense=split != "train")
+        for split in set(missing) & set(LIMITS):  # enough videos for the processes: checked before any output
+            scored_videos(self, split)
 
     @staticmethod
     def _dataset(split: SplitData, dense: bool) -> VideoDataset:
@@ -243,12 +290,12 @@ class LLPDataModule(pl.LightningDataModule):
 
     def _resident(self, split: str, train: bool) -> ResidentBatches:
         """``split`` as device-resident batches on the trainer's device, sharded per process."""
-        trainer, dataset = self.trainer, self.datasets[split]
-        grid = trainer.distributed_sampler_kwargs if trainer is not None else None  # None: one process
+        trainer, (rank, world) = self.trainer, _grid(self)
+        dataset = self.datasets[split] if train else scored_videos(self, split)
         return ResidentBatches(dataset.ids, dataset.tensors, self.batch_size, shuffle=train, pad=train,
                                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
                                device=trainer.strategy.root_device if trainer is not None else "cpu",
-                               rank=grid["rank"] if grid else 0, world_size=grid["num_replicas"] if grid else 1)
+                               rank=rank, world_size=world)
 
     def train_dataloader(self) -> DataLoader:
         if self.hparams.device_resident:
@@ -348,6 +395,8 @@ class SnippetDataModule(pl.LightningDataModule):
                 tensors[key] = torch.from_numpy(array)
             self.datasets[split] = VideoDataset(names, tensors)
         raise_problems(problems, what=f"snippet dataset at {root}")
+        if "val" in self.datasets:
+            scored_videos(self, "val")  # enough videos for the processes: checked before any output
 
     def train_dataloader(self) -> DataLoader:
         return _loader(self.datasets["train"], self.batch_size, self.num_workers, shuffle=True)
