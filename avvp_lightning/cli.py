@@ -52,9 +52,6 @@ from avvp_lightning import runinfo
 from avvp_lightning.checkpointing import AtomicCheckpointIO, RngStateCallback, check_checkpoint
 from avvp_lightning.errors import DataError
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
 def _picks_cuda(accelerator: str) -> bool:
     """Whether ``accelerator`` selects a CUDA GPU here (NVML's device count: CUDA is not initialised)."""
     return accelerator in ("auto", "gpu", "cuda") and num_cuda_devices() > 0
@@ -270,7 +267,7 @@ class AVVPCLI(LightningCLI):
             f"the subcommand; defaults.yaml is always loaded first): {', '.join(bundled_configs(self.stage))}"
         )
         parser_kwargs = {"description": description}
-        for sub in SUBCOMMANDS:
+        for sub in self.subcommands():
             parser_kwargs[sub] = {"default_config_files": [defaults], "description": description}
         super().__init__(
             model_class,

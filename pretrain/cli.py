@@ -31,6 +31,11 @@ class PretrainCLI(AVVPCLI):
         "then export its contextualized features for finetuning (avvp-pretrain export --help)."
     )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: snippets have no test split and no predictions (``export`` writes features)."""
+        return {name: args for name, args in AVVPCLI.subcommands().items() if name in ("fit", "validate")}
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
         for dim in ("audio_dim", "visual_dim", "num_segments"):

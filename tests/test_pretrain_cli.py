@@ -42,6 +42,10 @@ def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
     text = capsys.readouterr().out
     for name in ("pretrain_uni.yaml", "pretrain_cross.yaml", "pretrain_multi.yaml"):
         assert name in text
+    assert "{fit,validate}" in text  # snippets have no test split or predictions: no such subcommands
+    with pytest.raises(SystemExit):
+        pretrain(["test"])
+    assert "invalid choice: 'test'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
