@@ -277,7 +277,7 @@ def test_finetune_checkpoint_given_to_pretrain(trained: Path, tiny_root: Path, t
     best = trained / RUN / "checkpoints" / "best.ckpt"
     with pytest.raises(DataError, match=rf"^{best}: this is a finetune checkpoint \(avvp-finetune, ParserModule\), "
                                         r"but PretrainModule needs a pretrain checkpoint"):
-        pretrain_main(["test", *pretrain_args(tiny_root, tmp_path), "--ckpt_path", str(best)])
+        pretrain_main(["validate", *pretrain_args(tiny_root, tmp_path), "--ckpt_path", str(best)])
     with pytest.raises(DataError, match=rf"^{best}: this is a finetune checkpoint .* but export needs a pretrain"):
         pretrain_main(["export", "--ckpt_path", str(best), "--root", str(tiny_root), "--out_name", "x"])
 
