@@ -21,7 +21,8 @@ The store records a fingerprint of its source (size and mtime of each CSV; count
 mtimes and a hash of the names of the ``.npy`` files of each feature folder; other files there
 are ignored). Reading a store whose source has changed since raises a
 :class:`~avvp_lightning.errors.DataError` naming what changed and the command that rebuilds it;
-a store whose source is absent (e.g. copied alone to a GPU node) is used with a warning. Building is atomic: a temporary folder renamed into place when complete.
+a store whose source is absent (e.g. copied alone to a GPU node) is used with a warning.
+Building is atomic: a temporary folder renamed into place when complete.
 
 :class:`ResidentBatches` serves a split from tensors moved once to the training device,
 slicing batches by index: no DataLoader, no per-video collate.
