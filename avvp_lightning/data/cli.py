@@ -22,7 +22,7 @@ import numpy as np
 
 from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
 from avvp_lightning.data.store import (
-    DEFAULT_STORE_DIR, is_store, normalized_dir, pack_store, read_index, stale_reasons, store_options,
+    DEFAULT_STORE_DIR, is_store, pack_store, packed_options, read_index, stale_reasons, store_options,
 )
 from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
 from avvp_lightning.errors import DataError
@@ -89,8 +89,7 @@ def _pack(args: argparse.Namespace) -> int:
                    num_segments=args.num_segments)
     if is_store(out) and not args.overwrite:
         index = read_index(out)
-        packed = {**index["options"], "dirs": {m: normalized_dir(d) for m, d in index["options"]["dirs"].items()}}
-        same = packed == store_options(**options)
+        same = packed_options(index) == store_options(**options)
         held = list(index["splits"])
         missing = [split for split in args.splits if split not in held]
         reasons = stale_reasons(index, args.root)

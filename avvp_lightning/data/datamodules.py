@@ -60,6 +60,17 @@ class VideoDataset(Dataset):
         return item
 
 
+def _check_processes(size: int, processes: int, what: str) -> None:
+    """DataError when a non-empty evaluation set has fewer videos than processes.
+
+    A process without a batch would skip the epoch-end metric sync and leave the others waiting
+    forever.
+    """
+    if 0 < size < processes:
+        raise DataError(f"{what}: {size} video{'s' if size > 1 else ''} for {processes} processes; every process "
+                        "needs at least one (use fewer devices)")
+
+
 class EvalDistributedSampler(DistributedSampler):
     """Splits an evaluation set across processes without padding: each process gets one block.
 
@@ -84,9 +95,7 @@ class EvalDistributedSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, what: str = "evaluation set") -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
         size = len(dataset)  # type: ignore[arg-type]
-        if 0 < size < num_replicas:
-            raise DataError(f"{what}: {size} video{'s' if size > 1 else ''} for {num_replicas} processes; every "
-                            "process needs at least one (use fewer devices)")
+        _check_processes(size, num_replicas, what)
         self.start, self.stop = rank * size // num_replicas, (rank + 1) * size // num_replicas
         self.num_samples, self.total_size = self.stop - self.start, size
 
@@ -135,8 +144,7 @@ def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDatase
     out once per split and trainer.
 
     Raises:
-        DataError: Fewer scored videos than processes (a process without a batch would leave the
-            others waiting at the metric sync), or a fractional limit below one batch.
+        DataError: Fewer scored videos than processes, or a fractional limit below one batch.
     """
     trainer, (_, world) = datamodule.trainer, _grid(datamodule)
     known: dict[str, tuple[object, VideoDataset]] = datamodule.__dict__.setdefault("_scored", {})
@@ -153,9 +161,7 @@ def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDatase
         size = min(len(dataset), kept * datamodule.batch_size)
         dataset = VideoDataset(dataset.ids[:size], {name: t[:size] for name, t in dataset.tensors.items()})
         setattr(trainer, LIMITS[split], 1.0)  # applied above, to the list, for every process alike
-    if 0 < len(dataset) < world:
-        raise DataError(f"{what}: {len(dataset)} video{'s' if len(dataset) > 1 else ''} for {world} processes; "
-                        "every process needs at least one (use fewer devices)")
+    _check_processes(len(dataset), world, what)
     known[split] = (trainer, dataset)
     return dataset
 

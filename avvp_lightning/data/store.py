@@ -46,7 +46,7 @@ import numpy as np
 from avvp_lightning.data.llp import (
     DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, raise_problems, read_llp,
 )
-from avvp_lightning.data.synthetic import atomic_folder
+from avvp_lightning.data.synthetic import atomic_folder, followed
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import NUM_SEGMENTS
 
@@ -167,16 +167,22 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
 
 
 # ------------------------------------------------------------------------------------ build
-def normalized_dir(folder: str) -> str:
+def _normalized_dir(folder: str) -> str:
     """One spelling per folder, the same on every OS: ``feats/vggish/``, ``./feats/vggish`` -> ``feats/vggish``."""
     return posixpath.normpath(folder.replace("\\", "/"))
+
+
+def packed_options(index: dict[str, Any]) -> dict[str, Any]:
+    """The options a store was packed with, its folders spelled as :func:`store_options` spells them."""
+    options = index["options"]
+    return {**options, "dirs": {m: _normalized_dir(d) for m, d in options["dirs"].items()}}
 
 
 def store_options(audio_dir: str, visual_dir: str, motion_dir: str, audio_dim: Optional[int],
                   visual_dim: Optional[int], motion_dim: Optional[int], num_segments: int) -> dict[str, Any]:
     """The reading options a store records (``index.json``'s ``options``) and is checked against."""
     dirs = {"audio": audio_dir, "visual": visual_dir, "motion": motion_dir}
-    return {"dirs": {m: normalized_dir(d) for m, d in dirs.items()},
+    return {"dirs": {m: _normalized_dir(d) for m, d in dirs.items()},
             "dims": {"audio": audio_dim, "visual": visual_dim, "motion": motion_dim}, "num_segments": num_segments}
 
 
@@ -216,13 +222,10 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLIT_FILES)}")
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
-    try:
-        if out.exists() and not out.is_dir():
-            raise DataError(f"{out}: a file, not a store folder")
-        holds_root = root.resolve().is_relative_to(out.resolve())
-    except (OSError, RuntimeError) as err:  # a loop of symbolic links
-        raise DataError(f"{out}: a symbolic link that cannot be followed ({err})") from None
-    if holds_root:
+    target = followed(out)  # where a symbolic link points
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{out}: a file, not a store folder")
+    if root.resolve().is_relative_to(target.resolve()):
         raise DataError(f"{out}: holds the dataset {root}; a store needs a folder of its own "
                         f"(default: ROOT/{DEFAULT_STORE_DIR})")
     options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
@@ -371,9 +374,8 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     """
     store = Path(store).expanduser()
     index = read_index(store)
-    packed, want = index["options"], store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim,
-                                                    motion_dim, num_segments)
-    packed = {**packed, "dirs": {m: normalized_dir(d) for m, d in packed["dirs"].items()}}
+    packed, want = packed_options(index), store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim,
+                                                         motion_dim, num_segments)
     mismatch = [f"{key}.{m}: store {packed[key][m]}, asked {want[key][m]}" for key in ("dirs", "dims")
                 for m in MODALITIES if want[key][m] is not None and packed[key][m] != want[key][m]]
     if packed["num_segments"] != num_segments:

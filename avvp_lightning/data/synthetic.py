@@ -300,6 +300,14 @@ def _remove_orphans(root: Path) -> None:
                 continue  # a live process of another user
 
 
+def followed(path: Path) -> Path:
+    """``path``, or where it points when it is a symbolic link; DataError for a loop of links."""
+    try:
+        return path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError) as err:  # a loop of links
+        raise DataError(f"{path}: a symbolic link that cannot be followed ({err})") from None
+
+
 @contextmanager
 def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], bool], refusal: str) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds.
@@ -316,12 +324,7 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
     link stays. A mount point, or a parent folder that cannot be written, raises DataError
     before anything is written.
     """
-    root = Path(root).absolute()
-    if root.is_symlink():
-        try:
-            root = root.resolve()  # the temporary sibling goes next to the target: one rename, same disk
-        except (OSError, RuntimeError) as err:  # a loop of links
-            raise DataError(f"{root}: a symbolic link that cannot be followed ({err})") from None
+    root = followed(Path(root).absolute())  # the temporary sibling goes next to a link's target: one rename
     if root.is_dir() and os.path.ismount(root):
         raise DataError(f"{root}: a mount point, which cannot be replaced by the finished folder (it is "
                         f"written beside it, then renamed into place); give a folder inside it, e.g. {root / 'data'}")
