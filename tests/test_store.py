@@ -140,6 +140,26 @@ def test_store_with_its_csvs_but_without_features_is_used_with_a_warning(root: P
         read_store(root / "packed", ["test"], root=root, **DIMS)
 
 
+def test_store_compares_csvs_by_content(root: Path) -> None:
+    for csv in root.glob("*.csv"):  # copied without their mtimes (plain cp, scp, a checkout)
+        os.utime(csv, ns=(0, csv.stat().st_mtime_ns + 3 * 10**9))
+    assert len(read_store(root / "packed", ["test"], root=root, **DIMS)["test"].filenames) == 13
+    path = root / "AVVP_test_pd.csv"
+    text = path.read_text()
+    path.write_text(text[:-2] + ("0" if text[-2] != "0" else "1") + text[-1])  # same size, other content
+    with pytest.raises(DataError, match=r"out of date(.|\n)*AVVP_test_pd\.csv: its content changed"):
+        read_store(root / "packed", ["test"], root=root, **DIMS)
+    path.write_text(text)
+    index_path = root / "packed" / INDEX_FILE
+    index = json.loads(index_path.read_text())
+    for entry in index["fingerprint"]["csv"].values():  # a store packed before CSVs were hashed: by mtime
+        if entry is not None:
+            del entry["sha256"]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"AVVP_train\.csv: modified \("):
+        read_store(root / "packed", ["test"], root=root, **DIMS)
+
+
 def test_broken_links_and_spelled_out_folders(root: Path, tmp_path: Path) -> None:
     (root / "feats" / "vggish" / "zzzzzzzzzzz.npy").symlink_to(tmp_path / "not_fetched.npy")  # e.g. git-annex
     dirs = {"audio_dir": "feats/vggish/", "visual_dir": "./feats/res152"}

@@ -17,9 +17,9 @@ ROOT`` reads them once, through the same checked reader as the datamodules
 is ever written back) and returns the very arrays the per-file reader returns; opening reads
 each requested split once to check that every value is finite (~0.3 s for LLP's 1.3 GB from
 the page cache).
-The store records a fingerprint of its source (size and mtime of each CSV; count, total size,
-mtimes and a hash of the names of the ``.npy`` files of each feature folder; other files there
-are ignored). Reading a store whose source has changed since raises a
+The store records a fingerprint of its source (size and content hash of each CSV; count, total
+size, mtimes and a hash of the names of the ``.npy`` files of each feature folder; other files
+there are ignored). Reading a store whose source has changed since raises a
 :class:`~avvp_lightning.errors.DataError` naming what changed and the command that rebuilds it;
 a store whose source is absent (e.g. copied alone to a GPU node) is used with a warning.
 Building is atomic: a temporary folder renamed into place when complete.
@@ -68,14 +68,14 @@ def _folder(root: Path, folder: str) -> Path:
 
 
 def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]:
-    """What identifies the content of an LLP root without reading it.
+    """What identifies the content of an LLP root without reading its features (the CSVs are hashed).
 
     Args:
         root: Dataset root in the official layout.
         dirs: Feature folders ``{"audio": ..., "visual": ..., "motion": ...}`` relative to ``root``.
 
     Returns:
-        ``{"csv": {name: {"size", "mtime_ns"} or None}, "features": {folder: {"files", "bytes",
+        ``{"csv": {name: {"size", "mtime_ns", "sha256"} or None}, "features": {folder: {"files", "bytes",
         "newest_mtime_ns", "mtime_ns_sum", "names_sha1", "stats_sha1", "folder_mtime_ns"} or
         None}}`` (None: absent). Only the ``.npy`` files count: the sum of their mtimes changes
         when any one of them is rewritten or touched, the hash of their sorted names when one is
@@ -85,13 +85,18 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
         which such a file changes, is compared only for stores packed before ``stats_sha1``.)
     """
     root = Path(root)
-    csvs: dict[str, Optional[dict[str, int]]] = {}
+    csvs: dict[str, Optional[dict[str, Any]]] = {}
     for name in (*SPLIT_FILES.values(), *DENSE_FILES.values()):
         try:
             stat = (root / name).stat()
-            csvs[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         except FileNotFoundError:
             csvs[name] = None
+            continue
+        try:
+            content: str | None = hashlib.sha256((root / name).read_bytes()).hexdigest()  # LLP's: < 1 MB each
+        except OSError:  # unreadable or a folder: the CSV reader names the problem when the CSV is read
+            content = None
+        csvs[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": content}
     folders: dict[str, Optional[dict[str, int]]] = {}
     for modality in MODALITIES:
         path = _folder(root, dirs[modality])
@@ -131,12 +136,18 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
     changes = []
     for name, old in packed["csv"].items():
         new = now["csv"].get(name)
+        if old is not None and new is not None and "sha256" in old:
+            # By content: a CSV copied without its mtime (``cp``, ``scp``, a checkout) is the same CSV.
+            # Stores of earlier versions recorded size and mtime only.
+            old, new = {k: old[k] for k in ("size", "sha256")}, {k: new[k] for k in ("size", "sha256")}
         if old == new:
             continue
         if old is None or new is None:
             changes.append(f"{name}: {'appeared' if old is None else 'was removed'}")
         elif old["size"] != new["size"]:
             changes.append(f"{name}: {old['size']} -> {new['size']} bytes")
+        elif "sha256" in old:
+            changes.append(f"{name}: its content changed")
         else:
             changes.append(f"{name}: modified ({_when(old['mtime_ns'])} -> {_when(new['mtime_ns'])})")
     for folder, old in packed["features"].items():
