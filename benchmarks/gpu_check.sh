@@ -7,15 +7,22 @@
 #   3. benchmarks/train_throughput.py on 10,000 videos with case F-eager (no CUDA graphs).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (DATA=where the ~9 GB of generated data go, in
 # a folder avvp_gpu_check of their own, removed after use;
-# TRAIN, VAL, TEST and DEVICE=cpu make a small smoke run of the same steps; EAGER=1 adds the
-# 40-epoch fit without CUDA graphs, --model.cuda_graphs=false; BENCH=0 skips the benchmark)
+# TRAIN, VAL, TEST and DEVICE=cpu make a small smoke run of the same steps (VAL sizes the
+# 40-epoch fit's validation set; the benchmark validates its fits on 100 videos); EAGER=1 adds
+# the 40-epoch fit without CUDA graphs, --model.cuda_graphs=false; BENCH=0 skips the benchmark).
+# The avvp-* commands come from PATH, else from the repository's .venv (made by .ci/setup.sh).
 set -u
 OUT=${1:-gpu_check}
 DATA=${DATA:-/tmp}/avvp_gpu_check
 TRAIN=${TRAIN:-10000} VAL=${VAL:-649} TEST=${TEST:-1200} DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$(dirname "$DATA")" || exit 1
+OUT=$(cd "$OUT" && pwd) DATA=$(cd "$(dirname "$DATA")" && pwd)/avvp_gpu_check  # relative paths: from here
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
+if ! command -v avvp-finetune > /dev/null && [ -x .venv/bin/avvp-finetune ]; then
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
+command -v avvp-finetune > /dev/null || { echo "avvp-finetune not found: activate the environment where avvp-lightning is installed" >&2; exit 1; }
 seconds() { echo "$(( ($(date +%s%N) - $1) / 1000000 ))" | sed -E 's/([0-9]{3})$/.\1/'; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"

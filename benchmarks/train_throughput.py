@@ -228,6 +228,10 @@ class EpochTimer(Callback):
         self.rates: list[float] = []
         self.epoch_s: list[float] = []
         self.paired, self.paired_rates = paired, []
+        self.model: AVVPParser | None = None  # the fit's parser after its last epoch
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.model = pl_module.parser
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         _sync(pl_module.device)
@@ -468,6 +472,8 @@ def main(argv: list[str] | None = None) -> None:
           + ("freed memory kept for ours, glibc defaults for the reference (a process of its own)" if reused
              else "the C library's defaults for all (not glibc)"), flush=True)
 
+    if opts.data is not None:
+        Path(opts.data).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=opts.data) as tmp:
         root = Path(tmp) / "llp"
         start = time.perf_counter()
@@ -545,9 +551,11 @@ def main(argv: list[str] | None = None) -> None:
 
             test_batches = ResidentBatches(data["test"].filenames, tensors["test"], 64, device=device)
             models = {case.key: case.model for case in cases}  # A and A': fetched from the worker once
+            models.update({key: fit.model.to(device) for key, fit in fits.items()  # Lightning may leave it on the CPU
+                           if fit.model is not None and key in ("F", "F-HAN")})
             scores = {key: evaluate_ours(test_batches, device, model, False)[1] for key, model in models.items()}
-            print("test segment Type@AV after the timed epochs (%): "
-                  + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), flush=True)
+            print("test segment Type@AV after the timed epochs (%; the fits after their warm-up epoch too, F with "
+                  "the paper's model): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), flush=True)
             ref_eval = cases[0].evaluate_reference()  # A's trained model, in the worker
             model = models["A"]  # the same weights here (it also takes pooled input)
             evaluate_ours(test_batches, device, model, bf16)  # warm-up

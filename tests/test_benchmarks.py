@@ -45,6 +45,7 @@ def test_train_throughput_runs_every_case_and_prints_paired_ratios(tmp_path: Pat
     for ratio in ("B / A", "B0 / A", "C / A'", "C0 / A'", "C / A", "F / A", "F-HAN / A"):
         assert re.search(rf"^  {re.escape(ratio)}\s+\d+\.\d\dx\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\dx", out, re.M), ratio
     assert re.search(r"A right after each: \d+", out)
+    assert re.search(r"test segment Type@AV after the timed epochs .*: A \d+\.\d, .*F \d+\.\d, F-HAN \d+\.\d$", out, re.M)
     assert re.search(r"reference \(per-file.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
     assert re.search(r"ours \(store.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
 
