@@ -58,10 +58,17 @@ def export_main(args: list[str]) -> None:
     parser.add_argument("--root", default=None,
                         help="LLP root (official layout); default: the embedded synthetic LLP set")
     parser.add_argument("--out_name", required=True, help="feature folder prefix, e.g. pretrain_multi")
-    parser.add_argument("--audio_dir", default="feats/vggish")
-    parser.add_argument("--visual_dir", default="feats/res152")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--audio_dir", default="feats/vggish",
+                        help="input audio features, relative to --root, as the checkpoint was pretrained on "
+                             "(default: feats/vggish)")
+    parser.add_argument("--visual_dir", default="feats/res152",
+                        help="input visual features, relative to --root; frames are mean-pooled to segments "
+                             "(default: feats/res152)")
+    parser.add_argument("--batch_size", type=int, default=64, help="videos per forward pass (default: 64)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the folders of an earlier export of the same --out_name (they are replaced "
+                             "only when the new export is complete)")
     ns = parser.parse_args(args)
     checkpoint = load_checkpoint(ns.ckpt_path)  # DataError: missing, unreadable, or the other stage's
     if not any(name.startswith("encoder.") for name in checkpoint["state_dict"]):
@@ -74,7 +81,7 @@ def export_main(args: list[str]) -> None:
         ns.root = str(default_root("llp"))
     audio, visual = export_features(
         ns.ckpt_path, ns.root, out_name=ns.out_name, audio_dir=ns.audio_dir, visual_dir=ns.visual_dir,
-        batch_size=ns.batch_size, device=ns.device,
+        batch_size=ns.batch_size, device=ns.device, overwrite=ns.overwrite,
     )
     print(f"wrote {audio} and {visual}")
 

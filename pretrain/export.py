@@ -13,8 +13,8 @@ feats/<out_name>_visual``, ``audio_dim = visual_dim = H``; motion stays R(2+1)D)
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Union
 
@@ -22,8 +22,11 @@ import numpy as np
 import torch
 
 from avvp_lightning.data.llp import SPLIT_FILES, load_features, read_video_list, video_id
+from avvp_lightning.data.synthetic import atomic_folder
 from avvp_lightning.errors import DataError
 from avvp_lightning.pretrain.module import PretrainModule
+
+MARKER = "export.json"  # written into each exported folder: what made it
 
 
 def _listed_videos(root: Path) -> list[str]:
@@ -36,16 +39,21 @@ def _listed_videos(root: Path) -> list[str]:
     return list(by_id.values())
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` (.npy) through a temporary file and ``os.replace``."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+def _replaceable(folder: Path) -> bool:
+    """An earlier export: it has the marker, or (exports of earlier versions) only ``.npy`` files."""
+    return (folder / MARKER).is_file() or all(p.suffix == ".npy" for p in folder.iterdir())
+
+
+def _check_widths(root: Path, folder: str, filename: str, width: int, what: str, source: str) -> None:
+    """DataError when the first listed video's features are not ``width`` wide, naming the encoder's source."""
+    path = root / folder / f"{video_id(filename)}.npy"
     try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        shape = np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError):
+        return  # missing or unreadable: load_features names it with the others
+    if len(shape) == 2 and shape[1] != width:
+        raise DataError(f"{path}: {what} features are {shape[1]} wide, but {source} was pretrained on "
+                        f"{width}-wide {what} features; export with features of the kind it was pretrained on")
 
 
 def _load_module(module_or_ckpt: Union[PretrainModule, str, Path], device: torch.device) -> PretrainModule:
@@ -67,6 +75,7 @@ def export_features(
     visual_dir: str = "feats/res152",
     batch_size: int = 64,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write the encoder's contextualized embeddings of every listed LLP video.
 
@@ -80,28 +89,49 @@ def export_features(
             mean-pooled over each k frames; ResNet152 is (80, 2048)).
         batch_size: videos per forward pass.
         device: where to run the encoder (``cpu``, ``cuda``, ...).
+        overwrite: replace the folders of an earlier export of the same ``out_name``.
 
     Returns:
         The audio and visual output folders. Each holds one float32 (T, H) ``<id>.npy``
-        per video, written atomically.
+        per video and ``export.json`` (checkpoint, hyperparameters).
+
+    Both folders are written beside their place and renamed into it once every video is done:
+    an export stopped by bad input, or interrupted, leaves an earlier export as it was, never a
+    mix of two checkpoints' features.
 
     Raises:
-        DataError: a missing CSV, feature file or checkpoint, or a feature of the wrong shape.
+        DataError: a missing CSV, feature file or checkpoint, a feature of the wrong shape, an
+            existing export without ``overwrite``, or ``batch_size`` below 1.
     """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
     root = Path(root)
     torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {device!r}: no CUDA device is available here; use --device cpu")
     module = _load_module(module_or_ckpt, torch_device)
     hp = module.hparams
     filenames = _listed_videos(root)
+    source = "the given module" if isinstance(module_or_ckpt, PretrainModule) else f"the checkpoint {module_or_ckpt}"
+    if filenames:
+        _check_widths(root, audio_dir, filenames[0], hp.audio_dim, "audio", source)
+        _check_widths(root, visual_dir, filenames[0], hp.visual_dim, "visual", source)
     audio_out = root / "feats" / f"{out_name}_audio"
     visual_out = root / "feats" / f"{out_name}_visual"
-    audio_out.mkdir(parents=True, exist_ok=True)
-    visual_out.mkdir(parents=True, exist_ok=True)
+    marker = json.dumps({"encoder": source, "root": str(root), "audio_dir": audio_dir, "visual_dir": visual_dir,
+                         "videos": len(filenames), "hparams": {k: v for k, v in hp.items()}}, indent=1, default=str)
 
     was_training, original_device = module.training, next(module.parameters()).device
     module.to(torch_device).eval()
     try:
-        with torch.no_grad():
+        with ExitStack() as folders, torch.no_grad():
+            try:
+                audio_tmp, visual_tmp = (
+                    folders.enter_context(atomic_folder(out, overwrite, _replaceable,
+                                                        f"not written by avvp-pretrain export (no {MARKER})"))
+                    for out in (audio_out, visual_out))
+            except FileExistsError as err:
+                raise DataError(f"{err}".replace("(overwrite, --overwrite,", "(--overwrite")) from None
             for start in range(0, len(filenames), batch_size):
                 chunk = filenames[start:start + batch_size]
                 # (B, T, Da) and (B, T, Dv); frame features are mean-pooled to T snippets
@@ -113,8 +143,10 @@ def export_features(
                 audio_emb = audio_emb.float().cpu().numpy()
                 visual_emb = visual_emb.float().cpu().numpy()
                 for i, filename in enumerate(chunk):
-                    _save_atomic(audio_out / f"{video_id(filename)}.npy", audio_emb[i])
-                    _save_atomic(visual_out / f"{video_id(filename)}.npy", visual_emb[i])
+                    np.save(audio_tmp / f"{video_id(filename)}.npy", audio_emb[i])
+                    np.save(visual_tmp / f"{video_id(filename)}.npy", visual_emb[i])
+            for folder in (audio_tmp, visual_tmp):
+                (folder / MARKER).write_text(marker + "\n")
     finally:
         module.to(original_device).train(was_training)
     return audio_out, visual_out

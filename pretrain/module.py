@@ -16,10 +16,25 @@ import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.utilities import dim_zero_cat
 
 from avvp_lightning.grounding import grounding_labels_torch
 from avvp_lightning.losses.grounding import grounding_loss, grounding_pairs
 from avvp_lightning.models.av_transformer import AVTransformer, pool_to_segments
+
+
+class GroundingAUROC(BinaryAUROC):
+    """ROC AUC of the grounding pairs; NaN when they all share one label.
+
+    torchmetrics returns 0 there (the worst score, with a warning), but with one class the AUC
+    is undefined: a validation set whose videos are each one connected component, say.
+    """
+
+    def compute(self) -> torch.Tensor:  # noqa: D102
+        target = dim_zero_cat(self.target) if self.target else torch.zeros(0)  # (M,) all pairs (all processes)
+        if target.numel() == 0 or bool((target == target[0]).all()):
+            return torch.tensor(float("nan"), device=self.device)
+        return super().compute()
 
 
 class PretrainModule(pl.LightningModule):
@@ -80,6 +95,13 @@ class PretrainModule(pl.LightningModule):
             raise ValueError(f"alternate=True applies to variant='multi' only, got {variant!r}")
         if anchors is not None and not 1 <= anchors <= num_segments:
             raise ValueError(f"anchors must be in [1, num_segments={num_segments}], got {anchors}")
+        if num_segments < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"num_segments must be >= 1 and dropout in [0, 1), got {num_segments} and {dropout}")
+        for name, value in (("audio_threshold", audio_threshold), ("visual_threshold", visual_threshold)):
+            if not -1.0 <= value <= 1.0:  # a cosine: 96 for 0.96 would silently switch the modality's edges off
+                raise ValueError(f"{name} is a cosine similarity, in [-1, 1]; got {value}")
+        if silence_threshold is not None and silence_threshold < 0:
+            raise ValueError(f"silence_threshold is an L2 norm, >= 0 (or None); got {silence_threshold}")
         self.save_hyperparameters()
         self.encoder = AVTransformer(
             audio_dim=audio_dim, visual_dim=visual_dim, hidden_dim=hidden_dim,
@@ -89,8 +111,8 @@ class PretrainModule(pl.LightningModule):
         # Loss, grounding accuracy and ROC AUC per evaluation stage (fed in _evaluate). Metric
         # objects with sum / concatenated states sync once, exactly, at epoch end under DDP
         # (self.log(sync_dist=True) would round the summed batch size of a mean on gloo).
-        self.val_loss, self.val_acc, self.val_auc = MeanMetric(), BinaryAccuracy(), BinaryAUROC()
-        self.test_loss, self.test_acc, self.test_auc = MeanMetric(), BinaryAccuracy(), BinaryAUROC()
+        self.val_loss, self.val_acc, self.val_auc = MeanMetric(), BinaryAccuracy(), GroundingAUROC()
+        self.test_loss, self.test_acc, self.test_auc = MeanMetric(), BinaryAccuracy(), GroundingAUROC()
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, Da), (B, T or k*T, Dv) -> contextualized (B, T, H) audio and visual."""
@@ -131,7 +153,7 @@ class PretrainModule(pl.LightningModule):
 
     # -------------------------------------------------------------- evaluation
     def _evaluate(self, batch: dict[str, Any], stage: str, mean_loss: MeanMetric, accuracy: BinaryAccuracy,
-                  auroc: BinaryAUROC) -> None:
+                  auroc: GroundingAUROC) -> None:
         positives = self.positives(batch)  # (B, T, T)
         audio_emb, visual_emb = self(batch["audio"], batch["visual"])
         variant = self.hparams.variant

@@ -3,6 +3,7 @@ and the feature export to an LLP-layout root."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from avvp_lightning.errors import DataError
 from avvp_lightning.losses.grounding import grounding_scores
 from avvp_lightning.models.av_transformer import AVTransformer, pool_to_segments
 from avvp_lightning.pretrain.export import export_features
-from avvp_lightning.pretrain.module import PretrainModule
+from avvp_lightning.pretrain.module import GroundingAUROC, PretrainModule
 
 DA, DV, T = 16, 32, 10
 SMALL = dict(audio_dim=DA, visual_dim=DV, hidden_dim=32, num_layers=1, num_heads=2, ffn_dim=64,
@@ -211,8 +212,9 @@ def test_export_writes_every_listed_video(tmp_path: Path) -> None:
     module = PretrainModule(**SMALL)  # in training mode: export must switch to eval
     audio_dir, visual_dir = export_features(module, tmp_path, out_name="pre", batch_size=4)
     assert audio_dir == tmp_path / "feats" / "pre_audio" and visual_dir == tmp_path / "feats" / "pre_visual"
-    assert sorted(p.name for p in audio_dir.iterdir()) == sorted(f"{v}.npy" for v in ids)
-    assert sorted(p.name for p in visual_dir.iterdir()) == sorted(f"{v}.npy" for v in ids)
+    for folder in (audio_dir, visual_dir):
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*(f"{v}.npy" for v in ids), "export.json"])
+        assert json.loads((folder / "export.json").read_text())["videos"] == len(ids)
     assert module.training  # restored
     module.eval()
     for vid in ids:
@@ -237,9 +239,37 @@ def test_export_from_checkpoint_matches_module(tmp_path: Path) -> None:
     from_module = export_features(module, root, out_name="m")
     from_ckpt = export_features(tmp_path / "ckpt" / "last.ckpt", root, out_name="c")
     for got_dir, want_dir in zip(from_ckpt, from_module):
-        for path in want_dir.iterdir():
+        for path in want_dir.glob("*.npy"):
             np.testing.assert_allclose(np.load(got_dir / path.name), np.load(path), rtol=1e-5, atol=1e-6)
-    assert not [p for p in (root / "feats").rglob("*.tmp")]  # no temporary file left behind
+    assert sorted(p.name for p in (root / "feats").iterdir()) == [  # no temporary folder left behind
+        "c_audio", "c_visual", "m_audio", "m_visual", "res152", "vggish"]
+
+
+def test_export_replaces_an_earlier_one_only_when_complete(tmp_path: Path) -> None:
+    ids = write_llp_root(tmp_path)
+    torch.manual_seed(0)
+    first, second = PretrainModule(**SMALL), PretrainModule(**SMALL)
+    audio_dir, _ = export_features(first, tmp_path, out_name="pre", batch_size=4)
+    before = {p.name: p.read_bytes() for p in audio_dir.iterdir()}
+    with pytest.raises(DataError, match=r"pre_audio: already exists and is not empty \(--overwrite replaces it\)"):
+        export_features(second, tmp_path, out_name="pre")
+    held = tmp_path / "feats" / "vggish" / f"{ids[-1]}.npy"
+    held.rename(tmp_path / "held.npy")  # the last video fails, after the others' features are computed
+    with pytest.raises(DataError, match="missing feature file"):
+        export_features(second, tmp_path, out_name="pre", batch_size=2, overwrite=True)
+    assert {p.name: p.read_bytes() for p in audio_dir.iterdir()} == before  # the first export, whole
+    assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == ["pre_audio", "pre_visual", "res152", "vggish"]
+    (tmp_path / "held.npy").rename(held)
+    export_features(second, tmp_path, out_name="pre", overwrite=True)
+    after = {p.name: p.read_bytes() for p in audio_dir.glob("*.npy")}
+    assert after.keys() == {f"{v}.npy" for v in ids} and all(after[k] != before[k] for k in after)
+    wide = PretrainModule(**{**SMALL, "audio_dim": DA + 1})  # pretrained on other features
+    with pytest.raises(DataError, match=rf"vggish/{ids[0]}\.npy: audio features are {DA} wide, but the given "
+                                        rf"module was pretrained on {DA + 1}-wide audio features"):
+        export_features(wide, tmp_path, out_name="w")
+    with pytest.raises(DataError, match="batch_size must be >= 1"):
+        export_features(second, tmp_path, out_name="w", batch_size=0)
+    assert not (tmp_path / "feats" / "w_audio").exists()
 
 
 def test_export_reports_missing_or_malformed_inputs(tmp_path: Path) -> None:
@@ -256,3 +286,12 @@ def test_export_reports_missing_or_malformed_inputs(tmp_path: Path) -> None:
         export_features(module, tmp_path, out_name="x")
     with pytest.raises(DataError, match="checkpoint not found"):
         export_features(tmp_path / "missing.ckpt", tmp_path, out_name="x")
+
+
+def test_grounding_auc_is_nan_when_all_pairs_share_one_label() -> None:
+    auc = GroundingAUROC()
+    assert torch.isnan(auc.compute())  # no pairs
+    auc.update(torch.tensor([0.2, 0.9]), torch.tensor([1, 1]))
+    assert torch.isnan(auc.compute())  # torchmetrics' BinaryAUROC gives 0.0, the worst score, here
+    auc.update(torch.tensor([0.1]), torch.tensor([0]))
+    assert auc.compute().item() == 1.0
