@@ -306,6 +306,18 @@ class AVVPCLI(LightningCLI):
             self.model.configure_optimizers = _ConfiguredOptimizers(
                 self.model, fn.func, fn.keywords["optimizer"], fn.keywords["lr_scheduler"])
 
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; an option value they refuse is one ``error:`` line.
+
+        The modules check their arguments in ``__init__`` and raise ``ValueError`` (say
+        ``--model.num_heads 3`` for a width of 512); from the command line that is a
+        :class:`DataError`, reported like any other bad input instead of a traceback.
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            raise DataError(f"invalid option value: {err}") from err
+
     def _parse_ckpt_path(self) -> None:
         """Keep the config's model: a checkpoint's hyperparameters never override it.
 

@@ -114,7 +114,10 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
         the same hash on any machine, read per file or from a store.
     """
     root = Path(root).expanduser()
-    csvs = {p.name: file_sha256(p) for p in sorted(root.glob("*.csv"))} if root.is_dir() else {}
+    # Regular, readable files only: a folder or a dangling link named *.csv is not data (the
+    # CSVs the stage reads are checked, with a named error, when the data loads).
+    listed = sorted(root.glob("*.csv")) if root.is_dir() else []
+    csvs = {p.name: file_sha256(p) for p in listed if p.is_file() and os.access(p, os.R_OK)}
     features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
     content: dict[str, Any] = {"csv": csvs, "features": features}
     stored = None if store is None else {"path": str(Path(store).expanduser().resolve()), "sha256": store_sha256(store)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from avvp_lightning.cli import bundled_configs
 from avvp_lightning.data.synthetic import generate_llp, generate_snippets
+from avvp_lightning.errors import DataError
 from avvp_lightning.finetune.cli import main as finetune
 from avvp_lightning.metrics import METRIC_KEYS
 from avvp_lightning.pretrain.cli import main as pretrain
@@ -46,6 +48,42 @@ def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         pretrain(["test"])
     assert "invalid choice: 'test'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--model.num_heads", "3"], "hidden_dim=32 is not divisible by num_heads=3"),
+    (["--model.anchors", "11"], r"anchors must be in \[1, num_segments=10\]"),
+    (["--model.visual_threshold", "96"], r"visual_threshold is a cosine similarity, in \[-1, 1\]"),
+    (["--model.variant", "uni", "--model.alternate", "true"], "alternate=True applies to variant='multi' only"),
+    (["--data.batch_size", "0"], "data.batch_size must be >= 1"),
+    (["--data.val_fraction", "1.0"], r"val_fraction must be in \[0, 1\)"),
+])
+def test_bad_option_values_are_one_clear_error(option: list[str], message: str, snippet_root: Path,
+                                               tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=f"invalid option value: {message}"):
+        pretrain(["fit", *data_args(snippet_root), *ENCODER, *QUIET, *option, "--run.output_dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before the run folder is made
+
+
+def test_bad_snippet_lists_are_named(snippet_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    shutil.copytree(snippet_root, root)
+    lines = (root / "snippets.csv").read_text().splitlines()
+    (root / "snippets.csv").write_text("\n".join([*lines[:3], "\t" + lines[3].split("\t", 1)[-1], *lines[4:]]) + "\n")
+    run = ["fit", *data_args(root), *ENCODER, *QUIET, "--run.output_dir", str(tmp_path / "out")]
+    with pytest.raises(DataError, match=r"snippets\.csv: line 4: empty filename"):  # not skipped as a blank line
+        pretrain(run)
+    (root / "snippets.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"validate needs held-out videos.*--data\.val_fraction 0\.0"):
+        pretrain(["validate", *data_args(root), *ENCODER, *QUIET, "--data.val_fraction", "0",
+                  "--run.output_dir", str(tmp_path / "out")])
+    llp = generate_llp(tmp_path / "llp", num_train=6, num_val=3, num_test=3, seed=0, **DIMS)  # an LLP root
+    train = (llp / "AVVP_train.csv").read_text().splitlines()
+    with open(llp / "AVVP_val_pd.csv", "a") as f:
+        f.write(train[1] + "\n")
+    with pytest.raises(DataError, match=rf"video id '{train[1][:11]}' is listed in two splits: .*AVVP_train\.csv, "
+                                        r"line 2 and .*AVVP_val_pd\.csv, line 5"):
+        pretrain(["fit", *data_args(llp), *ENCODER, *QUIET, "--run.output_dir", str(tmp_path / "out")])
 
 
 @pytest.mark.slow

@@ -140,6 +140,14 @@ def test_store_with_its_csvs_but_without_features_is_used_with_a_warning(root: P
         read_store(root / "packed", ["test"], root=root, **DIMS)
 
 
+def test_data_fingerprint_skips_what_is_not_a_csv_file(root: Path, tmp_path: Path) -> None:
+    dirs = {"audio": "feats/vggish", "visual": "feats/res152", "motion": "feats/r2plus1d_18"}
+    before = data_fingerprint(root, dirs)
+    (root / "old.csv").mkdir()  # a folder, and a dangling link, named *.csv: not data, never a traceback
+    (root / "gone.csv").symlink_to(tmp_path / "nowhere.csv")
+    assert data_fingerprint(root, dirs) == before
+
+
 def test_store_compares_csvs_by_content(root: Path) -> None:
     for csv in root.glob("*.csv"):  # copied without their mtimes (plain cp, scp, a checkout)
         os.utime(csv, ns=(0, csv.stat().st_mtime_ns + 3 * 10**9))

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avvp_lightning.data.llp import (
-    FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, raise_problems, read_llp, read_video_list,
+    FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, raise_problems, read_llp, read_video_list, video_id,
 )
 from avvp_lightning.data.sampling import EpochShuffleSampler, loader_generator
 from avvp_lightning.data.store import ResidentBatches, read_index, read_store
@@ -221,6 +221,7 @@ class LLPDataModule(pl.LightningDataModule):
                  motion_dim: int = 512, num_segments: int = NUM_SEGMENTS, pool_visual: bool = True,
                  predict_split: str = "test", store: Optional[str] = None, device_resident: bool = False):
         super().__init__()
+        _check_sizes(batch_size, num_workers, num_segments)
         self.save_hyperparameters()
         self.batch_size, self.num_workers = batch_size, num_workers
         self.audio_dim, self.visual_dim, self.motion_dim = audio_dim, visual_dim, motion_dim
@@ -324,6 +325,14 @@ class LLPDataModule(pl.LightningDataModule):
         return _eval_loader(self, "predict")
 
 
+def _check_sizes(batch_size: int, num_workers: int, num_segments: int) -> None:
+    """ValueError naming the option when a datamodule's batch size, workers or segments are out of range."""
+    for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                               ("num_segments", num_segments, 1)):
+        if value < least:
+            raise ValueError(f"data.{name} must be >= {least}, got {value}")
+
+
 class SnippetDataModule(pl.LightningDataModule):
     """Unlabeled videos of 10 one-second snippets for grounding pretraining.
 
@@ -351,6 +360,7 @@ class SnippetDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        _check_sizes(batch_size, num_workers, num_segments)
         self.save_hyperparameters()
         self.batch_size, self.num_workers = batch_size, num_workers
         self.audio_dim, self.visual_dim, self.num_segments = audio_dim, visual_dim, num_segments
@@ -375,9 +385,14 @@ class SnippetDataModule(pl.LightningDataModule):
             if (root / SPLIT_FILES["val"]).is_file():
                 csvs["val"] = root / SPLIT_FILES["val"]
         lists = {}
+        first: dict[str, tuple[str, str]] = {}  # video id -> (split, "file, line n") of its first listing
         for name, csv in csvs.items():
             filenames, _, lines = read_video_list(csv, labels="ignore", problems=problems)
             lists[name] = (filenames, [f"{csv}, line {line}" for line in lines])
+            for filename, place in zip(*lists[name]):  # repeats within one CSV: read_video_list reports them
+                split, seen = first.setdefault(video_id(filename), (name, place))
+                if split != name:
+                    problems.append(f"video id '{video_id(filename)}' is listed in two splits: {seen} and {place}")
         if "val" in lists:
             return lists
         names, where = lists.pop("all", None) or lists.pop("train")
@@ -401,6 +416,10 @@ class SnippetDataModule(pl.LightningDataModule):
                 tensors[key] = torch.from_numpy(array)
             self.datasets[split] = VideoDataset(names, tensors)
         raise_problems(problems, what=f"snippet dataset at {root}")
+        if stage == "validate" and not len(self.datasets["val"]):
+            raise DataError(f"snippet dataset at {root}: validate needs held-out videos, and none are held out "
+                            f"(--data.val_fraction {hp.val_fraction}); give a fraction above 0 or an "
+                            f"{SPLIT_FILES['val']} beside {SPLIT_FILES['train']}")
         if "val" in self.datasets:
             scored_videos(self, "val")  # enough videos for the processes: checked before any output
 

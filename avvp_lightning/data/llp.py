@@ -95,11 +95,13 @@ def _read_table(path: Path, columns: Sequence[str], found: list[str],
         found.append(f"{path}: missing column(s) {', '.join(missing)} (header has "
                      f"{', '.join(map(str, table.columns))}; the separator must be a tab)")
         return None
+    # A blank line is empty in every column, the unused ones included ("\tSpeech" in a list read
+    # for its filenames alone is a row with an empty filename, not a blank line).
+    blank = table.astype(str).apply(lambda column: column.str.strip() == "").all(axis=1)
     table = table[[c for c in (*columns, *optional) if c in table.columns]].copy()
     for column in table.columns:
         table[column] = table[column].astype(str).str.strip()
     table["line"] = np.arange(len(table)) + 2  # header is line 1
-    blank = (table[list(columns)] == "").all(axis=1)
     return table[~blank].reset_index(drop=True)
 
 
