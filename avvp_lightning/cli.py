@@ -315,6 +315,8 @@ class AVVPCLI(LightningCLI):
         """
         try:
             super().instantiate_classes()
+        except DataError:  # a ValueError too, already worded
+            raise
         except ValueError as err:
             raise DataError(f"invalid option value: {err}") from err
 

@@ -16,7 +16,7 @@ OUT=${1:-gpu_check}
 DATA=${DATA:-/tmp}/avvp_gpu_check
 TRAIN=${TRAIN:-10000} VAL=${VAL:-649} TEST=${TEST:-1200} DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" "$(dirname "$DATA")" || exit 1
-OUT=$(cd "$OUT" && pwd) DATA=$(cd "$(dirname "$DATA")" && pwd)/avvp_gpu_check  # relative paths: from here
+OUT=$(CDPATH='' cd -- "$OUT" && pwd) DATA=$(CDPATH='' cd -- "$(dirname "$DATA")" && pwd)/avvp_gpu_check  # from here
 export WANDB_MODE=${WANDB_MODE:-disabled} PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 if ! command -v avvp-finetune > /dev/null && [ -x .venv/bin/avvp-finetune ]; then
@@ -69,4 +69,4 @@ rm -rf "$DATA"
 [ "${BENCH:-1}" = 1 ] || exit 0
 echo "== 3. throughput benchmark"
 timeout 420 python3 benchmarks/train_throughput.py --device "$DEVICE" --videos "$TRAIN" --test-videos "$TEST" \
-    --epochs 1 --eager-fit --data /tmp 2>&1 | grep -v -E "Warning|warn\(|^\s*$" | tee "$OUT/bench.txt"
+    --epochs 1 --eager-fit --data "$(dirname "$DATA")" 2>&1 | grep -v -E "Warning|warn\(|^\s*$" | tee "$OUT/bench.txt"

@@ -14,6 +14,7 @@ feats/<out_name>_visual``, ``audio_dim = visual_dim = H``; motion stays R(2+1)D)
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Union
@@ -41,7 +42,10 @@ def _listed_videos(root: Path) -> list[str]:
 
 def _replaceable(folder: Path) -> bool:
     """An earlier export: it has the marker, or (exports of earlier versions) only ``.npy`` files."""
-    return (folder / MARKER).is_file() or all(p.suffix == ".npy" for p in folder.iterdir())
+    try:
+        return folder.is_dir() and ((folder / MARKER).is_file() or all(p.suffix == ".npy" for p in folder.iterdir()))
+    except OSError:  # unreadable: not ours to replace
+        return False
 
 
 def _check_widths(root: Path, folder: str, filename: str, width: int, what: str, source: str) -> None:
@@ -106,9 +110,12 @@ def export_features(
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     root = Path(root)
-    torch_device = torch.device(device)
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device {device!r}: no CUDA device is available here; use --device cpu")
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:  # "gpu", "cuda:x"
+        raise DataError(f"device {device!r}: not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if torch_device.type == "cuda" and (torch_device.index or 0) >= torch.cuda.device_count():
+        raise DataError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices here; use --device cpu")
     module = _load_module(module_or_ckpt, torch_device)
     hp = module.hparams
     filenames = _listed_videos(root)
@@ -118,20 +125,23 @@ def export_features(
         _check_widths(root, visual_dir, filenames[0], hp.visual_dim, "visual", source)
     audio_out = root / "feats" / f"{out_name}_audio"
     visual_out = root / "feats" / f"{out_name}_visual"
-    marker = json.dumps({"encoder": source, "root": str(root), "audio_dir": audio_dir, "visual_dir": visual_dir,
-                         "videos": len(filenames), "hparams": {k: v for k, v in hp.items()}}, indent=1, default=str)
+    ckpt = None if isinstance(module_or_ckpt, PretrainModule) else Path(module_or_ckpt).stat()
+    marker = json.dumps({
+        "encoder": source, "checkpoint_bytes": ckpt and ckpt.st_size, "checkpoint_mtime_ns": ckpt and ckpt.st_mtime_ns,
+        "root": str(root), "audio_dir": audio_dir, "visual_dir": visual_dir, "videos": len(filenames),
+        "hparams": dict(hp),
+    }, indent=1, default=str)  # which checkpoint file (size and time: a rewritten last.ckpt differs)
 
     was_training, original_device = module.training, next(module.parameters()).device
     module.to(torch_device).eval()
     try:
+        retired: list[Path] = []  # earlier exports, deleted once both new folders are in place
         with ExitStack() as folders, torch.no_grad():
-            try:
-                audio_tmp, visual_tmp = (
-                    folders.enter_context(atomic_folder(out, overwrite, _replaceable,
-                                                        f"not written by avvp-pretrain export (no {MARKER})"))
-                    for out in (audio_out, visual_out))
-            except FileExistsError as err:
-                raise DataError(f"{err}".replace("(overwrite, --overwrite,", "(--overwrite")) from None
+            folders.callback(lambda: [shutil.rmtree(old, ignore_errors=True) for old in retired])
+            audio_tmp, visual_tmp = (
+                folders.enter_context(atomic_folder(out, overwrite, _replaceable,
+                                                    f"not written by avvp-pretrain export (no {MARKER})", retired))
+                for out in (audio_out, visual_out))
             for start in range(0, len(filenames), batch_size):
                 chunk = filenames[start:start + batch_size]
                 # (B, T, Da) and (B, T, Dv); frame features are mean-pooled to T snippets
@@ -147,6 +157,8 @@ def export_features(
                     np.save(visual_tmp / f"{video_id(filename)}.npy", visual_emb[i])
             for folder in (audio_tmp, visual_tmp):
                 (folder / MARKER).write_text(marker + "\n")
+    except FileExistsError as err:  # an earlier export without overwrite, or a folder not ours
+        raise DataError(str(err)) from None
     finally:
         module.to(original_device).train(was_training)
     return audio_out, visual_out

@@ -4,6 +4,7 @@ and the feature export to an LLP-layout root."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,7 @@ def test_export_replaces_an_earlier_one_only_when_complete(tmp_path: Path) -> No
     first, second = PretrainModule(**SMALL), PretrainModule(**SMALL)
     audio_dir, _ = export_features(first, tmp_path, out_name="pre", batch_size=4)
     before = {p.name: p.read_bytes() for p in audio_dir.iterdir()}
-    with pytest.raises(DataError, match=r"pre_audio: already exists and is not empty \(--overwrite replaces it\)"):
+    with pytest.raises(DataError, match=r"pre_audio: already exists and is not empty \(overwrite, --overwrite,"):
         export_features(second, tmp_path, out_name="pre")
     held = tmp_path / "feats" / "vggish" / f"{ids[-1]}.npy"
     held.rename(tmp_path / "held.npy")  # the last video fails, after the others' features are computed
@@ -270,6 +271,31 @@ def test_export_replaces_an_earlier_one_only_when_complete(tmp_path: Path) -> No
     with pytest.raises(DataError, match="batch_size must be >= 1"):
         export_features(second, tmp_path, out_name="w", batch_size=0)
     assert not (tmp_path / "feats" / "w_audio").exists()
+    (tmp_path / "feats" / "w_audio").write_text("a file where the folder goes")
+    with pytest.raises(DataError, match=r"w_audio: not written by avvp-pretrain export"):
+        export_features(second, tmp_path, out_name="w", overwrite=True)
+
+
+def test_export_renames_both_folders_in_before_deleting_the_old_ones(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write_llp_root(tmp_path)
+    torch.manual_seed(0)
+    export_features(PretrainModule(**SMALL), tmp_path, out_name="pre")
+    feats = tmp_path / "feats"
+    seen = []
+
+    def rmtree(path: object, *args: object, **kwargs: object) -> None:  # what is in place when an old copy goes
+        if ".old" in str(path):
+            seen.append(sorted(json.loads((feats / f"pre_{m}" / "export.json").read_text())["hparams"]["hidden_dim"]
+                               for m in ("audio", "visual")))
+        real_rmtree(path, *args, **kwargs)
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    export_features(PretrainModule(**{**SMALL, "hidden_dim": 16, "ffn_dim": 32}), tmp_path, out_name="pre",
+                    overwrite=True)
+    assert seen == [[16, 16], [16, 16]]  # both new folders were in place before either old one was deleted
+    assert sorted(p.name for p in feats.iterdir()) == ["pre_audio", "pre_visual", "res152", "vggish"]
 
 
 def test_export_reports_missing_or_malformed_inputs(tmp_path: Path) -> None:

@@ -157,13 +157,18 @@ def test_store_compares_csvs_by_content(root: Path) -> None:
     path.write_text(text[:-2] + ("0" if text[-2] != "0" else "1") + text[-1])  # same size, other content
     with pytest.raises(DataError, match=r"out of date(.|\n)*AVVP_test_pd\.csv: its content changed"):
         read_store(root / "packed", ["test"], root=root, **DIMS)
-    path.write_text(text)
+
+
+def test_store_of_an_earlier_version_compares_csvs_by_mtime(root: Path) -> None:
     index_path = root / "packed" / INDEX_FILE
     index = json.loads(index_path.read_text())
-    for entry in index["fingerprint"]["csv"].values():  # a store packed before CSVs were hashed: by mtime
+    for entry in index["fingerprint"]["csv"].values():  # packed before CSVs were hashed: size and mtime only
         if entry is not None:
             del entry["sha256"]
     index_path.write_text(json.dumps(index))
+    assert len(read_store(root / "packed", ["test"], root=root, **DIMS)["test"].filenames) == 13  # unchanged
+    csv = root / "AVVP_train.csv"
+    os.utime(csv, ns=(0, csv.stat().st_mtime_ns + 3 * 10**9))
     with pytest.raises(DataError, match=r"AVVP_train\.csv: modified \("):
         read_store(root / "packed", ["test"], root=root, **DIMS)
 

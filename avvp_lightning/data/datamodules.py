@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avvp_lightning.data.llp import (
-    FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, raise_problems, read_llp, read_video_list, video_id,
+    FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, note_split_listings, raise_problems, read_llp,
+    read_video_list,
 )
 from avvp_lightning.data.sampling import EpochShuffleSampler, loader_generator
 from avvp_lightning.data.store import ResidentBatches, read_index, read_store
@@ -385,14 +386,11 @@ class SnippetDataModule(pl.LightningDataModule):
             if (root / SPLIT_FILES["val"]).is_file():
                 csvs["val"] = root / SPLIT_FILES["val"]
         lists = {}
-        first: dict[str, tuple[str, str]] = {}  # video id -> (split, "file, line n") of its first listing
+        seen: dict[str, tuple[str, str]] = {}
         for name, csv in csvs.items():
             filenames, _, lines = read_video_list(csv, labels="ignore", problems=problems)
             lists[name] = (filenames, [f"{csv}, line {line}" for line in lines])
-            for filename, place in zip(*lists[name]):  # repeats within one CSV: read_video_list reports them
-                split, seen = first.setdefault(video_id(filename), (name, place))
-                if split != name:
-                    problems.append(f"video id '{video_id(filename)}' is listed in two splits: {seen} and {place}")
+            note_split_listings(seen, name, *lists[name], problems)  # an LLP root's train and val
         if "val" in lists:
             return lists
         names, where = lists.pop("all", None) or lists.pop("train")
@@ -417,9 +415,11 @@ class SnippetDataModule(pl.LightningDataModule):
             self.datasets[split] = VideoDataset(names, tensors)
         raise_problems(problems, what=f"snippet dataset at {root}")
         if stage == "validate" and not len(self.datasets["val"]):
+            listed = sum(len(self.datasets[split]) for split in self.datasets)
             raise DataError(f"snippet dataset at {root}: validate needs held-out videos, and none are held out "
-                            f"(--data.val_fraction {hp.val_fraction}); give a fraction above 0 or an "
-                            f"{SPLIT_FILES['val']} beside {SPLIT_FILES['train']}")
+                            f"(--data.val_fraction {hp.val_fraction} of {listed} listed videos; one is always "
+                            f"left to train); give a larger fraction or list, or an {SPLIT_FILES['val']} beside "
+                            f"{SPLIT_FILES['train']}")
         if "val" in self.datasets:
             scored_videos(self, "val")  # enough videos for the processes: checked before any output
 

@@ -156,6 +156,19 @@ def read_video_list(csv_path: str | Path, *, labels: str = "required",
     return filenames, weak, lines
 
 
+def note_split_listings(seen: dict[str, tuple[str, str]], split: str, filenames: Sequence[str],
+                        where: Sequence[str], found: list[str]) -> None:
+    """Record where each video of ``split`` is listed; one listed in an earlier split is a problem.
+
+    ``seen`` maps a video id to ``(split, "file, line n")`` of its first listing, across calls;
+    repeats within one CSV are :func:`read_video_list`'s to report.
+    """
+    for fname, place in zip(filenames, where):
+        first = seen.setdefault(video_id(fname), (split, place))
+        if first[0] != split:
+            found.append(f"video id '{video_id(fname)}' is listed in two splits: {first[1]} and {place}")
+
+
 def read_weak_labels(csv_path: str | Path, *, problems: Optional[list[str]] = None) -> tuple[list[str], np.ndarray]:
     """Filenames and video-level (weak) labels ``(N, C)`` float32 of a split CSV."""
     filenames, weak, _ = read_video_list(csv_path, labels="required", problems=problems)
@@ -391,10 +404,7 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         filenames, weak, lines = read_video_list(root / name, labels="required",
                                                  problems=found if split in splits else [])
         where = [f"{root / name}, line {line}" for line in lines]
-        for fname, place in zip(filenames, where):
-            first = seen.setdefault(video_id(fname), (split, place))
-            if first[0] != split:
-                found.append(f"video id '{video_id(fname)}' is listed in two splits: {first[1]} and {place}")
+        note_split_listings(seen, split, filenames, where, found)
         videos[split] = (filenames, weak, where)
     for split, csv in lists.items():
         filenames, weak, lines = read_video_list(csv, labels="optional", problems=found)

@@ -136,10 +136,11 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
     changes = []
     for name, old in packed["csv"].items():
         new = now["csv"].get(name)
-        if old is not None and new is not None and "sha256" in old:
+        if old is not None and new is not None:
             # By content: a CSV copied without its mtime (``cp``, ``scp``, a checkout) is the same CSV.
-            # Stores of earlier versions recorded size and mtime only.
-            old, new = {k: old[k] for k in ("size", "sha256")}, {k: new[k] for k in ("size", "sha256")}
+            # Stores of earlier versions recorded size and mtime only, and are compared by those.
+            keys = ("size", "sha256") if "sha256" in old else ("size", "mtime_ns")
+            old, new = {k: old[k] for k in keys}, {k: new[k] for k in keys}
         if old == new:
             continue
         if old is None or new is None:

@@ -309,7 +309,8 @@ def followed(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], bool], refusal: str) -> Iterator[Path]:
+def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], bool], refusal: str,
+                  retired: list[Path] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` that becomes ``root`` by one rename when the body succeeds.
 
     Args:
@@ -319,6 +320,9 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
             dataset, a packed store); any other is never replaced, with or without ``overwrite``.
         refusal: Why such another folder is refused, for the error (e.g. ``"not written by this
             tool (no synthetic.json)"``).
+        retired: Where the replaced folder, renamed aside, is put for the caller to delete
+            (default: deleted here). Folders that belong together (an export's audio and
+            visual) are then all renamed in before any old one is deleted.
 
     A ``root`` that is a symbolic link (say, to a faster disk) is written where it points; the
     link stays. A mount point, or a parent folder that cannot be written, raises DataError
@@ -355,7 +359,9 @@ def atomic_folder(root: Path, overwrite: bool, replaceable: Callable[[Path], boo
             if old is not None:
                 old.rename(root)
             raise FileExistsError(f"{root}: created by someone else meanwhile ({err})") from err
-        if old is not None:
+        if old is not None and retired is not None:
+            retired.append(old)
+        elif old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
