@@ -31,7 +31,9 @@ class GroundingAUROC(BinaryAUROC):
     """
 
     def compute(self) -> torch.Tensor:  # noqa: D102
-        target = dim_zero_cat(self.target) if self.target else torch.zeros(0)  # (M,) all pairs (all processes)
+        target = self.target  # a list of (m,) per batch; one (M,) tensor of all processes' pairs after a DDP sync
+        if isinstance(target, list):
+            target = dim_zero_cat(target) if target else torch.zeros(0)  # (M,)
         if target.numel() == 0 or bool((target == target[0]).all()):
             return torch.tensor(float("nan"), device=self.device)
         return super().compute()

@@ -321,3 +321,7 @@ def test_grounding_auc_is_nan_when_all_pairs_share_one_label() -> None:
     assert torch.isnan(auc.compute())  # torchmetrics' BinaryAUROC gives 0.0, the worst score, here
     auc.update(torch.tensor([0.1]), torch.tensor([0]))
     assert auc.compute().item() == 1.0
+    synced = GroundingAUROC()  # after a DDP sync the list states are one concatenated tensor each
+    synced.update(torch.tensor([0.2, 0.9]), torch.tensor([1, 1]))
+    synced.preds, synced.target = torch.tensor([0.2, 0.9]), torch.tensor([1, 1])
+    assert torch.isnan(synced.compute())
