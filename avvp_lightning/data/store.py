@@ -49,6 +49,7 @@ from avvp_lightning.data.llp import (
 from avvp_lightning.data.synthetic import atomic_folder, followed
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import NUM_SEGMENTS
+from avvp_lightning.runinfo import file_sha256
 
 if TYPE_CHECKING:  # torch loads only with ResidentBatches, so that `avvp-data` starts fast
     import torch
@@ -93,7 +94,7 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
             csvs[name] = None
             continue
         try:
-            content: str | None = hashlib.sha256((root / name).read_bytes()).hexdigest()  # LLP's: < 1 MB each
+            content: str | None = file_sha256(root / name)  # LLP's CSVs: < 1 MB each
         except OSError:  # unreadable or a folder: the CSV reader names the problem when the CSV is read
             content = None
         csvs[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": content}
