@@ -252,6 +252,7 @@ class AVVPCLI(LightningCLI):
     monitor: str = ""  # logged value that picks best.ckpt
     monitor_mode: str = "max"
     auto_precision: bool = False  # unset --trainer.precision -> bf16-mixed where native, else 32-true
+    epilog: str = ""  # top-level --help, after the subcommands (e.g. a command handled before LightningCLI)
 
     def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
         if args is None:
@@ -266,7 +267,9 @@ class AVVPCLI(LightningCLI):
             f"{self.description}\n\nBundled configs (give a bare name to --config, after "
             f"the subcommand; defaults.yaml is always loaded first): {', '.join(bundled_configs(self.stage))}"
         )
-        parser_kwargs = {"description": description}
+        parser_kwargs: dict[str, Any] = {"description": description}
+        if self.epilog:
+            parser_kwargs["epilog"] = self.epilog
         for sub in self.subcommands():
             parser_kwargs[sub] = {"default_config_files": [defaults], "description": description}
         super().__init__(

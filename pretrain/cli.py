@@ -30,6 +30,11 @@ class PretrainCLI(AVVPCLI):
         "Pretrain a UNITER-style audio-visual transformer with grounding losses (uni / cross / multi), "
         "then export its contextualized features for finetuning (avvp-pretrain export --help)."
     )
+    epilog = (
+        "A third subcommand, handled apart from the two above: avvp-pretrain export --ckpt_path CKPT "
+        "--out_name NAME [--root LLP_ROOT] writes a pretrained checkpoint's contextualized features of "
+        "every LLP video (avvp-pretrain export --help)."
+    )
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -45,6 +45,7 @@ def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
     for name in ("pretrain_uni.yaml", "pretrain_cross.yaml", "pretrain_multi.yaml"):
         assert name in text
     assert "{fit,validate}" in text  # snippets have no test split or predictions: no such subcommands
+    assert "avvp-pretrain export --ckpt_path CKPT" in " ".join(text.split())  # export, parsed apart, is named
     with pytest.raises(SystemExit):
         pretrain(["test"])
     assert "invalid choice: 'test'" in capsys.readouterr().err
