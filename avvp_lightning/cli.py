@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
 from importlib import resources
@@ -131,8 +131,8 @@ def bundled_configs(stage: str) -> list[str]:
 
 
 def _resolve_config(value: str, stage: str) -> str:
-    if os.path.exists(value) or os.sep in value or value.startswith(("{", "[")):
-        return value  # a real path, or inline YAML/JSON
+    if os.path.isfile(value) or os.sep in value or value.startswith(("{", "[")):
+        return value  # a real file (not a folder such as a run's, named after its config), or inline YAML/JSON
     name = value if value.endswith((".yaml", ".yml")) else value + ".yaml"
     candidate = config_dir(stage) / name
     if candidate.is_file():
@@ -143,20 +143,45 @@ def _resolve_config(value: str, stage: str) -> str:
     )
 
 
-def resolve_config_args(args: list[str], stage: str) -> list[str]:
-    """Map bare ``--config NAME`` arguments to the stage's bundled config files."""
+def _nested_by_subcommand(path: str, subcommands: Collection[str]) -> bool:
+    """Whether the config file at ``path`` has only subcommand keys (``fit: {...}``), as a top-level one needs."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return True  # unreadable: let the parser report it
+    return isinstance(content, dict) and set(content) <= {*subcommands, "subcommand"}
+
+
+def resolve_config_args(args: list[str], stage: str, subcommands: Collection[str] = ()) -> list[str]:
+    """Map bare ``--config NAME`` (or ``-c NAME``) arguments to the stage's bundled config files.
+
+    With ``subcommands``, a config given before the subcommand (``avvp-finetune --config han.yaml
+    fit``) is a :class:`DataError` unless the file is nested by subcommand (``fit: {...}``): the
+    parser would read a flat file's keys as subcommand names and ignore them, training the default
+    model without a word.
+    """
     out: list[str] = []
+    seen_subcommand = False
     i = 0
     while i < len(args):
-        arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
-            out += [arg, _resolve_config(args[i + 1], stage)]
+        arg, value = args[i], None
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            value = _resolve_config(args[i + 1], stage)
+            out += [arg, value]
             i += 2
-            continue
-        if arg.startswith("--config="):
-            arg = "--config=" + _resolve_config(arg.split("=", 1)[1], stage)
-        out.append(arg)
-        i += 1
+        else:
+            if arg.startswith("--config="):
+                value = _resolve_config(arg.split("=", 1)[1], stage)
+                arg = "--config=" + value
+            seen_subcommand = seen_subcommand or arg in subcommands
+            out.append(arg)
+            i += 1
+        if value is not None and subcommands and not seen_subcommand and not value.startswith(("{", "[")) \
+                and not _nested_by_subcommand(value, subcommands):
+            raise DataError(f"--config {value}: give it after the subcommand (avvp-{stage} fit --config ...); "
+                            "before it, only a file nested by subcommand (fit: ...) applies")
     return out
 
 
@@ -257,9 +282,9 @@ class AVVPCLI(LightningCLI):
     def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
         if args is None:
             # Rewrite sys.argv rather than passing args, which LightningCLI warns about.
-            sys.argv[1:] = resolve_config_args(sys.argv[1:], self.stage)
+            sys.argv[1:] = resolve_config_args(sys.argv[1:], self.stage, self.subcommands())
         elif isinstance(args, (list, tuple)):
-            args = resolve_config_args([str(a) for a in args], self.stage)
+            args = resolve_config_args([str(a) for a in args], self.stage, self.subcommands())
         self.command = [f"avvp-{self.stage}", *(sys.argv[1:] if args is None else map(str, args))]  # for run.json
         os.environ.setdefault("WANDB_SILENT", "true")
         defaults = str(config_dir(self.stage) / "defaults.yaml")
@@ -365,6 +390,10 @@ class AVVPCLI(LightningCLI):
             cfg.trainer.precision = self.auto_precision_choice(cfg.trainer.accelerator, cfg.trainer.strategy)
             rank_zero_info(f"precision: {cfg.trainer.precision} (auto; --trainer.precision overrides)")
         ckpt = cfg.get("ckpt_path")
+        if ckpt is None and self.subcommand in ("validate", "test", "predict"):
+            raise DataError(f"{self.subcommand} needs --ckpt_path: best or last (this run's checkpoints) or a "
+                            "checkpoint file; without one it would score an untrained model and replace the "
+                            "run's results")
         if ckpt in ("best", "last"):
             path = Path(cfg.trainer.default_root_dir) / "checkpoints" / f"{ckpt}.ckpt"
             if path.is_file():

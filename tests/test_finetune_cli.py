@@ -105,11 +105,20 @@ def test_bare_config_name_resolves_from_any_directory(tiny_root: Path, tmp_path:
     main(["fit", "--config", "han", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
     with pytest.raises(DataError, match="no bundled finetune config"):
         main(["fit", "--config", "no_such_row.yaml", "--trainer.fast_dev_run=true"])
+    with pytest.raises(DataError, match="no bundled finetune config"):  # -c is --config
+        main(["fit", "-c", "no_such_row", "--trainer.fast_dev_run=true"])
+    # Before the subcommand the parser would ignore a flat file (and train the default model).
+    with pytest.raises(DataError, match=r"han\.yaml: give it after the subcommand"):
+        main(["--config", "han", "fit", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
 
 
 def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="best.ckpt"):
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
+    for sub in ("validate", "test", "predict"):  # no --ckpt_path: would score an untrained model
+        with pytest.raises(DataError, match=f"{sub} needs --ckpt_path: best or last"):
+            main([sub, *small_args(tiny_root, tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def _precision(run_dir: Path, subcommand: str = "fit") -> str:

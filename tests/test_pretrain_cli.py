@@ -75,9 +75,13 @@ def test_bad_snippet_lists_are_named(snippet_root: Path, tmp_path: Path) -> None
     with pytest.raises(DataError, match=r"snippets\.csv: line 4: empty filename"):  # not skipped as a blank line
         pretrain(run)
     (root / "snippets.csv").write_text("\n".join(lines) + "\n")
+    out = ["--run.output_dir", str(tmp_path / "out")]
+    with pytest.raises(DataError, match=r"validate needs --ckpt_path: .*untrained model"):  # before anything runs
+        pretrain(["validate", *data_args(root), *ENCODER, *QUIET, *out])
+    pretrain(["fit", *data_args(root), *ENCODER, *QUIET, *out, "--trainer.max_epochs", "1"])
     with pytest.raises(DataError, match=r"validate needs held-out videos.*--data\.val_fraction 0\.0"):
-        pretrain(["validate", *data_args(root), *ENCODER, *QUIET, "--data.val_fraction", "0",
-                  "--run.output_dir", str(tmp_path / "out")])
+        pretrain(["validate", *data_args(root), *ENCODER, *QUIET, "--data.val_fraction", "0", *out,
+                  "--ckpt_path", "last"])
     llp = generate_llp(tmp_path / "llp", num_train=6, num_val=3, num_test=3, seed=0, **DIMS)  # an LLP root
     train = (llp / "AVVP_train.csv").read_text().splitlines()
     with open(llp / "AVVP_val_pd.csv", "a") as f:
