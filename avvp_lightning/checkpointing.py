@@ -6,6 +6,8 @@
   checkpoint and puts them back when ``fit`` resumes, so dropout after a resume draws what an
   uninterrupted run would have drawn (Lightning restores weights, optimizer, schedulers and
   loops, not the RNGs).
+* :class:`RunCheckpoint` keeps the record of the best checkpoint when a run folder has moved
+  before it is resumed (Lightning would start a new record and replace ``best.ckpt``).
 * :func:`check_checkpoint` compares a checkpoint's weights with a model before a run starts and
   raises one :class:`~avvp_lightning.errors.DataError` that names the file and the mismatch
   (a checkpoint of the other stage, or one trained with another architecture or size).
@@ -24,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from avvp_lightning.errors import DataError
@@ -137,6 +140,55 @@ class RngStateCallback(pl.Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps its record of the best checkpoint when the run folder moves.
+
+    Lightning stores the callback's absolute ``dirpath`` in each checkpoint and, when a resumed
+    run's ``dirpath`` differs (the outputs moved or were copied to another machine, another mount
+    point after a cluster requeue, a relative ``--run.output_dir`` from another directory), drops
+    the best score: the resumed run's first validation then replaces ``best.ckpt`` even when it
+    is worse. Here the stored paths are mapped into the new folder and the record is kept when
+    every checkpoint it names is there (the run folder moved as a whole); otherwise (another
+    run's checkpoint resumed into a new folder) Lightning's behaviour stays: a fresh record.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s own key, so checkpoints written with either class resume alike."""
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            moved = self._moved(state_dict, Path(old), Path(self.dirpath))
+            if moved is not None:
+                state_dict = moved
+        super().load_state_dict(state_dict)
+
+    @staticmethod
+    def _moved(state: dict[str, Any], old: Path, new: Path) -> Optional[dict[str, Any]]:
+        """``state`` with its paths under ``old`` moved to ``new``, or None when one is not found there."""
+
+        def move(path: Any) -> Any:
+            if not path:
+                return path
+            try:
+                return str(new / Path(path).relative_to(old))
+            except ValueError:
+                raise LookupError(path) from None
+
+        try:
+            best_k = {move(path): score for path, score in (state.get("best_k_models") or {}).items()}
+            moved = {**state, "dirpath": str(new), "best_k_models": best_k,
+                     **{key: move(state.get(key)) for key in ("best_model_path", "kth_best_model_path",
+                                                              "last_model_path")}}
+        except LookupError:  # a path outside the old folder
+            return None
+        if not all(Path(path).is_file() for path in [*best_k, moved["best_model_path"]] if path):
+            return None
+        return moved
 
 
 # ------------------------------------------------------------------------------ compatibility

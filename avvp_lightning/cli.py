@@ -49,7 +49,7 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 
 from avvp_lightning import runinfo
-from avvp_lightning.checkpointing import AtomicCheckpointIO, RngStateCallback, check_checkpoint
+from avvp_lightning.checkpointing import AtomicCheckpointIO, RngStateCallback, RunCheckpoint, check_checkpoint
 from avvp_lightning.errors import DataError
 
 def _picks_cuda(accelerator: str) -> bool:
@@ -492,14 +492,18 @@ class AVVPCLI(LightningCLI):
 
         ``last.ckpt`` has its own unmonitored callback: Lightning 2.6's ``save_last=True`` rewrites
         it only when a top-k checkpoint is saved (the monitored score improved), so a resume with
-        ``--ckpt_path last`` could go back many epochs.
+        ``--ckpt_path last`` could go back many epochs. It saves at each training epoch's end (after
+        that epoch's validation), also with ``--trainer.check_val_every_n_epoch`` above 1, where
+        Lightning would save only after validations. Both keep their record when the run folder
+        moves (:class:`~avvp_lightning.checkpointing.RunCheckpoint`).
         """
         folder = str(run_dir / "checkpoints")
         return [
-            ModelCheckpoint(dirpath=folder, filename="best", monitor=self.monitor, mode=self.monitor_mode,
-                            save_top_k=1, enable_version_counter=False),
-            ModelCheckpoint(dirpath=folder, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
-                            save_top_k=1, every_n_epochs=1, enable_version_counter=False),
+            RunCheckpoint(dirpath=folder, filename="best", monitor=self.monitor, mode=self.monitor_mode,
+                          save_top_k=1, enable_version_counter=False),
+            RunCheckpoint(dirpath=folder, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
+                          save_top_k=1, every_n_epochs=1, enable_version_counter=False,
+                          save_on_train_epoch_end=True),
         ]
 
     def make_loggers(self, run_dir: Path) -> list[Logger]:

@@ -83,10 +83,11 @@ def test_fit_test_predict_end_to_end(tiny_root: Path, tmp_path: Path, capsys: py
 
 def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     args = small_args(tiny_root, tmp_path)
-    main(["fit", *args, "--trainer.max_epochs=1"])
+    every_2 = ["--trainer.check_val_every_n_epoch=2"]  # last.ckpt at every epoch end all the same
+    main(["fit", *args, "--trainer.max_epochs=1", *every_2])
     last = tmp_path / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 0
-    main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last", *every_2])
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 1
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from avvp_lightning.checkpointing import AtomicCheckpointIO, collect_rng_states, load_checkpoint, set_rng_states
+from avvp_lightning.checkpointing import AtomicCheckpointIO, RunCheckpoint, collect_rng_states, load_checkpoint, set_rng_states
 from avvp_lightning.data.datamodules import LLPDataModule
 from avvp_lightning.data.llp import video_id
 from avvp_lightning.data.sampling import EpochShuffleSampler
@@ -328,6 +328,31 @@ class PartialSave:
         raise OSError("simulated crash while saving")
 
 
+def test_moved_run_folder_keeps_the_best_checkpoint_record(tmp_path: Path) -> None:
+    def callback(folder: Path) -> RunCheckpoint:
+        return RunCheckpoint(dirpath=str(folder), filename="best", monitor="val/score", mode="max", save_top_k=1)
+
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    saved = callback(old)
+    best = os.path.join(saved.dirpath, "best.ckpt")
+    saved.best_model_score, saved.best_model_path, saved.kth_best_model_path = torch.tensor(0.7), best, best
+    saved.best_k_models = {best: torch.tensor(0.7)}
+    state = saved.state_dict()
+    assert state["dirpath"] == saved.dirpath and callback(old).state_key.startswith("ModelCheckpoint{")
+
+    new.mkdir(parents=True)
+    resumed = callback(new)
+    with pytest.warns(UserWarning, match="dirpath has changed"):  # no best.ckpt there: another run's, a new record
+        resumed.load_state_dict(state)
+    assert resumed.best_model_score is None and resumed.best_k_models == {}
+    (new / "best.ckpt").write_bytes(b"moved with its folder")
+    resumed = callback(new)
+    resumed.load_state_dict(state)  # the folder moved: the record moves with it
+    moved = os.path.join(resumed.dirpath, "best.ckpt")
+    assert resumed.best_model_score == 0.7 and resumed.best_model_path == resumed.kth_best_model_path == moved
+    assert list(resumed.best_k_models) == [moved]
+
+
 def test_atomic_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, path)
@@ -487,9 +512,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_root: Path
         process.wait(timeout=30)
     assert process.returncode == -9
 
+    (tmp_path / "killed").rename(tmp_path / "moved")  # resumed elsewhere: best.ckpt's record must follow
+    args = small_args(tiny_root, tmp_path / "moved")
     main(["fit", *args, f"--trainer.max_epochs={epochs}", "--ckpt_path", "last"])
     main(["test", *args, "--ckpt_path", "last"])
-    resumed = tmp_path / "killed" / RUN
+    resumed = tmp_path / "moved" / RUN
+    want, got = (torch.load(d / "checkpoints" / "best.ckpt", weights_only=True) for d in (reference, resumed))
+    assert want["epoch"] == got["epoch"] and state_dicts_equal(want["state_dict"], got["state_dict"])
     want, got = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (reference, resumed))
     assert want["epoch"] == got["epoch"] == epochs - 1 and want["global_step"] == got["global_step"]
     assert state_dicts_equal(want["state_dict"], got["state_dict"])
