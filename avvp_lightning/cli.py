@@ -252,7 +252,11 @@ class RunConfigSaver(SaveConfigCallback):
 
     Lightning's default writes ``config.yaml`` to the logger's folder, where a second
     subcommand of the same run would collide; here each subcommand gets its own file
-    (``config-fit.yaml``, ``config-test.yaml``, ...), overwritten on resume.
+    (``config-fit.yaml``, ``config-test.yaml``, ...), overwritten on resume. The file is meant to
+    be fed back (``--config config-fit.yaml``), so it leaves out what the CLI filled in for this
+    run folder: ``trainer.default_root_dir`` when it is the one ``--run.*`` gives (fed back, it
+    would write into this folder whatever ``--run.output_dir`` says), and ``fit``'s ``ckpt_path``
+    (a resume point, not part of the run; ``run.json`` records it).
     """
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
@@ -260,7 +264,14 @@ class RunConfigSaver(SaveConfigCallback):
         run_dir.mkdir(parents=True, exist_ok=True)
         name = getattr(stage, "value", stage)  # a TrainerFn: "fit", "test", ...
         path = run_dir / f"config-{name}.yaml"
-        self.parser.save(self.config, str(path), skip_none=False, overwrite=True)
+        config = self.config.clone()
+        run = config.get("run")
+        if run is not None and config.trainer.default_root_dir == str(
+                Path(run.output_dir) / run.name / f"seed{config.seed_everything}"):
+            config.trainer.default_root_dir = None
+        if name == "fit":
+            config.ckpt_path = None
+        self.parser.save(config, str(path), skip_none=False, overwrite=True)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 import yaml

@@ -89,6 +89,13 @@ def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 0
     main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last", *every_2])
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 1
+    # The saved config, fed back, is a new run where --run.* says, not a resume into this folder.
+    saved = last.parents[1] / "config-fit.yaml"
+    text = saved.read_text()
+    assert "default_root_dir: null" in text and "\nckpt_path: null" in text
+    main(["fit", "--config", str(saved), "--run.output_dir", str(tmp_path / "again"), "--trainer.max_epochs=1"])
+    assert torch.load(tmp_path / "again" / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt",
+                      weights_only=True, map_location="cpu")["epoch"] == 0
 
 
 def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
