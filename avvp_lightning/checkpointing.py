@@ -55,7 +55,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
+            if not _process_alive(stale.name.rsplit("-", 1)[-1]):  # not another live run's save in progress
+                stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as file:
@@ -67,6 +68,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise
         _fsync_folder(path.parent)
+
+
+def _process_alive(pid: str) -> bool:
+    """Whether a process of this id runs on this machine (another user's counts; not a number: no)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: leave its file
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -28,12 +28,14 @@ grounding) imports this module. What it adds to a plain ``LightningCLI``:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 import warnings
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -185,6 +187,22 @@ def resolve_config_args(args: list[str], stage: str, subcommands: Collection[str
     return out
 
 
+# A full disk, a read-only or forbidden place: the environment, not a bug; one line from the command line.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def check_writable(folder: Path) -> None:
+    """DataError unless ``folder`` exists as a writable folder or can be made (its nearest existing parent is)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"{folder}: cannot make the run folder: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{folder}: cannot write the run folder: {existing} is not writable "
+                        "(give another --run.output_dir)")
+
+
 @contextmanager
 def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
     """Report a :class:`DataError` as one ``<prog>: error: <message>`` line, exit status 2.
@@ -201,6 +219,13 @@ def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
     except DataError as err:
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror or err} (files written before are kept)", file=sys.stderr,
+              flush=True)
+        raise SystemExit(1) from None
 
 
 class _ConfiguredOptimizers:
@@ -233,18 +258,86 @@ class RunRecorder(Callback):
 
     The CLI prepares the record before the run; writing it only when the datamodule's ``setup``
     has succeeded keeps a run that fails on bad data (one ``error:`` line) from replacing the
-    record of the earlier good run whose checkpoints are in the same folder.
+    record of the earlier good run whose checkpoints are in the same folder. A ``fit`` that
+    continues the folder's own checkpoint (``resumed``) adds itself to the earlier record; a new
+    ``fit`` in a folder that holds an earlier run first moves that run's results aside
+    (:func:`retire_earlier_run`), so none of them is mixed with the new run's or lost.
     """
 
     def __init__(self) -> None:
         self.record: Optional[dict[str, Any]] = None
+        self.resumed = False
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:  # noqa: D102
         if self.record is None or not trainer.is_global_zero:
             return
-        path = runinfo.write_run_record(trainer.default_root_dir, self.record)
+        if self.record["subcommand"] == "fit" and not self.resumed:
+            moved = retire_earlier_run(Path(trainer.default_root_dir))
+            if moved is not None:
+                warnings.warn(f"{trainer.default_root_dir} held an earlier run: its checkpoints and results are now "
+                              f"in {moved} (to continue a run instead, fit with --ckpt_path last)", stacklevel=1)
+        path = runinfo.write_run_record(trainer.default_root_dir, self.record, resumed=self.resumed)
         if self.record["subcommand"] == "test":
             print(f"{runinfo.format_record(self.record)}\nrun record: {path}", flush=True)
+
+
+# What an earlier run leaves in its folder that a new fit there would overwrite or contradict.
+EARLIER_RUN = ("checkpoints", "test", "predict", "run.json", "config-fit.yaml", "config-validate.yaml",
+               "config-test.yaml", "config-predict.yaml")
+
+
+def retire_earlier_run(run_dir: Path) -> Optional[Path]:
+    """Move an earlier run's checkpoints and results into ``<run_dir>/previous/<UTC time>/``.
+
+    Nothing happens (None) unless the folder holds a checkpoint. The CSV and W&B logs stay: they
+    are kept per invocation anyway (``csv/version_N``).
+    """
+    checkpoints = run_dir / "checkpoints"
+    if not (checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))):
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = run_dir / "previous" / stamp
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = run_dir / "previous" / f"{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for name in EARLIER_RUN:
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, target / name)
+    return target
+
+
+# A resumed fit must keep these options (dotted prefixes) as its run began; others (max_epochs, devices,
+# workers, logging, where the data lives) may change. Precision may too: it follows the hardware.
+RUN_DEFINING = ("seed_everything", "model.", "optimizer", "lr_scheduler", "data.", "trainer.accumulate_grad_batches",
+                "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm", "trainer.limit_train_batches",
+                "trainer.overfit_batches")
+FREE_ON_RESUME = ("model.threshold", "model.output_dir", "model.cuda_graphs", "data.root", "data.num_workers",
+                  "data.store", "data.device_resident", "data.predict_split", "data.pool_visual")
+
+
+def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
+                 fingerprint: Optional[dict[str, Any]]) -> None:
+    """DataError when a fit resumed from its own checkpoint has options or data other than its run's.
+
+    The checkpoint's optimizer and scheduler state would win over a changed learning rate or
+    schedule, the record would describe a run that never happened, and another optimizer class
+    fails at the first step; so a resume repeats the run's options (``config-fit.yaml``).
+    """
+    recorded = runinfo.flatten_config(fit.get("config") or {})  # options older versions lacked are not compared
+    bad = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in runinfo.config_changes(recorded, config).items()
+           if key in recorded and key.startswith(RUN_DEFINING) and not key.startswith(FREE_ON_RESUME)]
+    trained_on, now = (fit.get("data") or {}).get("sha256"), (fingerprint or {}).get("sha256")
+    if trained_on and now and trained_on != now:
+        bad.append(f"data sha256 {trained_on[:12]}... -> {now[:12]}... (other CSVs or feature files)")
+    if bad:
+        shown = "; ".join(bad[:6]) + (f"; and {len(bad) - 6} more" if len(bad) > 6 else "")
+        raise DataError(f"--ckpt_path: resuming the run in {run_dir} with options or data other than it began "
+                        f"with: {shown}. A resume continues the run as it was (only --trainer.max_epochs and "
+                        "settings that do not change the training, such as devices, workers or logging, may "
+                        f"differ): repeat its options ({run_dir / 'config-fit.yaml'}), or start a new run with "
+                        "another --run.name")
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -397,6 +490,7 @@ class AVVPCLI(LightningCLI):
             reuse_freed_memory()
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
+        check_writable(Path(cfg.trainer.default_root_dir))  # before the data loads, not after
         if self.auto_precision and cfg.trainer.precision is None:
             cfg.trainer.precision = self.auto_precision_choice(cfg.trainer.accelerator, cfg.trainer.strategy)
             rank_zero_info(f"precision: {cfg.trainer.precision} (auto; --trainer.precision overrides)")
@@ -471,9 +565,23 @@ class AVVPCLI(LightningCLI):
         if ckpt_path and "://" not in str(ckpt_path):
             check_checkpoint(ckpt_path, self.model, weights_only=not trusted)
         config = json.loads(self._parser(sub).dump(self.config[sub], format="json", skip_none=False))
+        fingerprint = self.data_fingerprint()
+        run_dir = Path(self.trainer.default_root_dir)
+        fit = runinfo.read_run_records(run_dir).get("fit")
+        if sub == "fit" and ckpt_path and "://" not in str(ckpt_path) \
+                and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve():
+            self.recorder.resumed = True  # this run's own checkpoint: the run continues as it began
+            if isinstance(fit, dict):
+                check_resume(run_dir, fit, config, fingerprint)
+        elif sub in ("validate", "test") and isinstance(fit, dict) and fingerprint is not None:
+            trained_on = (fit.get("data") or {}).get("sha256")
+            if trained_on and trained_on != fingerprint["sha256"]:
+                warnings.warn(f"{sub} on data other than this run's fit (data sha256 {fingerprint['sha256'][:12]}..., "
+                              f"fit {trained_on[:12]}...: see {run_dir / runinfo.RUN_FILE}); its results replace "
+                              f"those in {run_dir}", stacklevel=1)
         seed = os.environ.get("PL_GLOBAL_SEED")
         self.recorder.record = runinfo.run_record(  # written once the data has loaded (RunRecorder)
-            sub, int(seed) if seed is not None else None, config, self.data_fingerprint(),
+            sub, int(seed) if seed is not None else None, config, fingerprint,
             str(ckpt_path) if ckpt_path else None, command=self.command)
 
     def data_fingerprint(self) -> Optional[dict[str, Any]]:

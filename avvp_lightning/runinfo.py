@@ -22,7 +22,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -168,24 +168,76 @@ def run_record(subcommand: str, seed: Optional[int], config: Mapping[str, Any],
     }
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
+def write_atomic(path: str | Path, content: str | Callable[[Any], None]) -> None:
+    """Write a file whole or not at all: to ``.<name>.tmp-<pid>`` beside it, then one rename.
+
+    ``content`` is the text, or a function writing to the open binary file. A full disk or an
+    interrupt leaves the previous file as it was, and no temporary file.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as file:
+            if callable(content):
+                content(file)
+            else:
+                file.write(content.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def write_run_record(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    """Store ``record`` in ``<run_dir>/run.json`` under its subcommand (other entries kept)."""
+def _write_json_atomic(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def read_run_records(run_dir: str | Path) -> dict[str, Any]:
+    """The entries of ``<run_dir>/run.json`` by subcommand; empty when there is none (or it is unreadable)."""
+    try:
+        entries = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_run_record(run_dir: str | Path, record: Mapping[str, Any], resumed: bool = False) -> Path:
+    """Store ``record`` in ``<run_dir>/run.json`` under its subcommand (other entries kept).
+
+    With ``resumed`` (a fit that continues the run's own checkpoint) the earlier entry of the
+    subcommand stays, and the resume is appended to its ``resumes`` list (time, command,
+    checkpoint, versions, platform, and the config values that changed), so the record still
+    says how the run began.
+    """
     path = Path(run_dir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        entries = json.loads(path.read_text())
-        entries = entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    entries[record["subcommand"]] = dict(record)
+    entries = read_run_records(run_dir)
+    earlier = entries.get(record["subcommand"])
+    if resumed and isinstance(earlier, dict):
+        resume = {key: record.get(key) for key in ("time", "ckpt_path", "command", "versions", "platform")}
+        resume["changes"] = config_changes(earlier.get("config") or {}, record.get("config") or {})
+        entries[record["subcommand"]] = {**earlier, "resumes": [*earlier.get("resumes", []), resume]}
+    else:
+        entries[record["subcommand"]] = dict(record)
     _write_json_atomic(path, entries)
     return path
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": leaf}``."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten_config(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """``{"dotted.key": [before, after]}`` for every value that differs (missing counts as None)."""
+    old, new = flatten_config(before), flatten_config(after)
+    return {key: [old.get(key), new.get(key)] for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)}
 
 
 def add_to_json(path: str | Path, key: str, value: Any) -> None:

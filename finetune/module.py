@@ -19,6 +19,7 @@ from avvp_lightning.losses.parser import parser_loss
 from avvp_lightning.metrics import METRIC_KEYS, AVVPMetrics, decide
 from avvp_lightning.models.discriminator import dann_alpha
 from avvp_lightning.models.parser import AVVPParser
+from avvp_lightning.runinfo import write_atomic
 
 
 class ParserModule(pl.LightningModule):
@@ -246,7 +247,7 @@ class ParserModule(pl.LightningModule):
             result["seed"] = self._seed()
             result["config"] = self._run_name()
             result["num_videos"] = len(ids)
-            (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+            write_atomic(folder / "metrics.json", json.dumps(result, indent=2))  # last: the run is tested
             print(f"\n{format_table(result)}\nmetrics and predictions written to {folder}", flush=True)
 
     # ---------------------------------------------------------------- prediction
@@ -263,7 +264,8 @@ class ParserModule(pl.LightningModule):
             folder = self._output_folder("predict")
             write_dense_csv(folder / "pred_audio.csv", ids, pred_a)
             write_dense_csv(folder / "pred_visual.csv", ids, pred_v)
-            np.savez_compressed(folder / "probabilities.npz", ids=np.array(ids), classes=np.array(CLASSES), **probs)
+            write_atomic(folder / "probabilities.npz", lambda file: np.savez_compressed(
+                file, ids=np.array(ids), classes=np.array(CLASSES), **probs))
             print(f"predictions for {len(ids)} videos written to {folder}", flush=True)
 
     # ------------------------------------------------------------------- helpers

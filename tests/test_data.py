@@ -328,6 +328,19 @@ def test_missing_empty_and_malformed_csvs(root: Path) -> None:
     assert "AVVP_test_pd.csv: missing column(s) filename, event_labels" in _error(root, "test")
 
 
+def test_dense_truth_that_names_no_listed_video_is_an_error(root: Path) -> None:
+    for file in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):  # ids only: no row names a listed file
+        lines = (root / file).read_text().splitlines()
+        (root / file).write_text("\n".join([lines[0], *(line[:11] + line[line.index("\t"):] for line in lines[1:])]))
+    message = _error(root, "test")
+    assert (f"{root / 'AVVP_eval_audio.csv'} and {root / 'AVVP_eval_visual.csv'}: no row names any of the 12 "
+            f"videos listed in {root / 'AVVP_test_pd.csv'} (such as '{_line(root, 'AVVP_test_pd.csv', 2)[0]}')"
+            in message)
+    (root / "AVVP_eval_audio.csv").write_text("filename\tonset\toffset\tevent_labels\n")  # header only: the same
+    (root / "AVVP_eval_visual.csv").write_text("filename\tonset\toffset\tevent_labels\n")
+    assert "no row names any of the 12 videos" in _error(root, "test")
+
+
 def test_unknown_classes_name_file_line_and_label(root: Path) -> None:
     lines = (root / "AVVP_train.csv").read_text().splitlines()
     lines[3] = lines[3] + ",Dragon"  # line 4 of the file
@@ -367,7 +380,7 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     assert "wrong shape (10, 31), expected (10*k, 32)" in _error(root)
     message = _error(root, audio_dim=128)  # every audio file is 32 wide: a hint says what to set
     assert f"{audio}: 30 files are 32 wide where 128 is expected; if they are the features you want, " \
-           "set the feature size to 32" in message
+           "set this folder's feature size (--data.*_dim) to 32" in message
 
 
 def test_video_in_two_splits(root: Path) -> None:
@@ -394,6 +407,14 @@ def test_float64_features_warn_once_and_cast(root: Path) -> None:
     assert len(cast) == 1 and str(audio) in str(cast[0].message)
     assert dm.datasets["train"].tensors["audio"].dtype == torch.float32
     np.testing.assert_allclose(dm.datasets["val"].tensors["audio"][0].numpy(), originals[1], rtol=1e-6)
+    half = originals[0].astype(np.float16)
+    np.save(audio / f"{video_id(names[0])}.npy", half)  # float16 widens exactly, without a warning
+    dm = _dm(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    assert not [w for w in caught if "float16" in str(w.message)]
+    assert np.array_equal(dm.datasets["train"].tensors["audio"][0].numpy(), half.astype(np.float32))
 
 
 def test_big_endian_features_and_padded_header_names_read_as_usual(root: Path) -> None:

@@ -87,8 +87,28 @@ def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     main(["fit", *args, "--trainer.max_epochs=1", *every_2])
     last = tmp_path / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 0
-    main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last", *every_2])
+    run_dir = last.parents[1]
+    record = (run_dir / "run.json").read_text()
+    other = generate_llp(tmp_path / "other", num_train=8, num_val=3, num_test=3, seed=4, **DIMS)
+    resume = ["fit", *args, "--trainer.max_epochs=2", "--ckpt_path", "last", *every_2]
+    for change, message in ((["--optimizer.init_args.lr", "0.1"], r"optimizer\.init_args\.lr: 0\.0003 -> 0\.1"),
+                            (["--optimizer", "torch.optim.SGD"], r"optimizer\.class_path: 'torch\.optim\.Adam' -> "),
+                            (["--data.root", str(other)], r"data sha256 \w{12}\.\.\. -> \w{12}\.\.\. \(other CSVs")):
+        with pytest.raises(DataError, match=rf"resuming the run in .* other than it began with: {message}"):
+            main([*resume, *change])  # the checkpoint's optimizer state would win: the record would lie
+    assert (run_dir / "run.json").read_text() == record  # refused before anything is written
+    main(resume)
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 1
+    fit = json.loads((run_dir / "run.json").read_text())["fit"]  # the run's first entry, and the resume added
+    assert fit == {**json.loads(record)["fit"], "resumes": fit["resumes"]} and len(fit["resumes"]) == 1
+    assert fit["resumes"][0]["changes"]["trainer.max_epochs"] == [1, 2]
+    assert set(fit["resumes"][0]["changes"]) == {"trainer.max_epochs", "ckpt_path"}
+    (run_dir / "run.json").unlink()  # a run without its record (an older version's) still resumes, in place
+    main([*resume, "--trainer.max_epochs=3"])
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 2
+    assert not (run_dir / "previous").exists() and "resumes" not in json.loads((run_dir / "run.json").read_text())["fit"]
+    with pytest.warns(UserWarning, match="test on data other than this run's fit"):
+        main(["test", *small_args(other, tmp_path), "--ckpt_path", "last"])
     # The saved config, fed back, is a new run where --run.* says, not a resume into this folder.
     saved = last.parents[1] / "config-fit.yaml"
     text = saved.read_text()
@@ -96,6 +116,16 @@ def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     main(["fit", "--config", str(saved), "--run.output_dir", str(tmp_path / "again"), "--trainer.max_epochs=1"])
     assert torch.load(tmp_path / "again" / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt",
                       weights_only=True, map_location="cpu")["epoch"] == 0
+
+    # A new fit in the folder moves the earlier run's checkpoints and results aside, none mixed or lost.
+    with pytest.warns(UserWarning, match="held an earlier run: its checkpoints and results are now in"):
+        main(["fit", *args, "--trainer.max_epochs=1"])
+    (previous,) = (run_dir / "previous").iterdir()
+    assert torch.load(previous / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert (previous / "test" / "metrics.json").is_file() and not (run_dir / "test").exists()
+    assert json.loads((previous / "run.json").read_text())["fit"]["config"]["trainer"]["max_epochs"] == 3
+    assert json.loads((run_dir / "run.json").read_text())["fit"]["config"]["trainer"]["max_epochs"] == 1
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 0
 
 
 def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:

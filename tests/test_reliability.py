@@ -168,6 +168,27 @@ def test_console_script_prints_one_error_line_and_exits_2(tiny_root: Path, tmp_p
     assert done.stderr.strip() == f"avvp-pretrain: error: {missing}: checkpoint not found"
 
 
+def test_unwritable_output_is_one_line_before_the_data_loads(tiny_root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    import errno
+
+    from avvp_lightning.cli import command_line_errors
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=r"cannot make the run folder: .*file is not a folder"):
+        main(["fit", *small_args(tiny_root, tmp_path / "file" / "out")])
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # (a read-only folder; root may write anyway)
+    with pytest.raises(DataError, match=r"cannot write the run folder: .* is not writable \(give another"):
+        main(["test", *small_args(tiny_root, tmp_path / "ro"), "--ckpt_path", "last"])
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exit_info, command_line_errors(None, "avvp-finetune"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run.json"))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (f"avvp-finetune: error: {tmp_path / 'run.json'}: No space left on device "
+                                       "(files written before are kept)\n")
+
+
 def test_main_with_args_raises_for_python_callers(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="checkpoint not found"):
         pretrain_main(["export", "--ckpt_path", str(tmp_path / "nowhere.ckpt"), "--out_name", "x"])
@@ -353,12 +374,32 @@ def test_moved_run_folder_keeps_the_best_checkpoint_record(tmp_path: Path) -> No
     assert list(resumed.best_k_models) == [moved]
 
 
+def test_failed_run_record_write_keeps_the_old_record_and_no_temporary_file(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from avvp_lightning import runinfo
+
+    runinfo.write_run_record(tmp_path, {"subcommand": "fit", "seed": 0})
+    before = (tmp_path / "run.json").read_text()
+
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runinfo.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        runinfo.write_run_record(tmp_path, {"subcommand": "test", "seed": 0})
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"] and (tmp_path / "run.json").read_text() == before
+
+
 def test_atomic_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, path)
-    (tmp_path / ".last.ckpt.tmp-424242").write_bytes(b"left by a process killed mid-save")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".last.ckpt.tmp-{dead.stdout.strip()}").write_bytes(b"left by a process killed mid-save")
+    in_flight = tmp_path / f".last.ckpt.tmp-{os.getppid()}"  # another run's save in progress (a live process)
+    in_flight.write_bytes(b"being written")
     io.save_checkpoint({"state_dict": {"w": torch.full((3,), 2.0)}, "epoch": 1}, path)
-    assert not list(tmp_path.glob(".last.ckpt.tmp-*"))  # stale temporary files are cleared
+    assert list(tmp_path.glob(".last.ckpt.tmp-*")) == [in_flight]  # stale temporary files are cleared
+    in_flight.unlink()
     monkeypatch.setattr(torch, "save", PartialSave())
     with pytest.raises(OSError, match="simulated crash"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_SEGMENTS
+from avvp_lightning.runinfo import write_atomic
 
 SPLIT_FILES: dict[str, str] = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
 DENSE_FILES: dict[str, str] = {"audio": "AVVP_eval_audio.csv", "visual": "AVVP_eval_visual.csv"}
@@ -176,11 +177,12 @@ def read_weak_labels(csv_path: str | Path, *, problems: Optional[list[str]] = No
 
 
 def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
-                     *, problems: Optional[list[str]] = None) -> np.ndarray:
+                     *, problems: Optional[list[str]] = None, matched: Optional[set[str]] = None) -> np.ndarray:
     """Segment-level truth ``(N, T, C)`` float32 of ``filenames`` from a dense CSV, exactly as HAN.
 
     Each row sets ``GT[int(onset):int(offset), class] = 1``: overlapping rows are OR-ed, a row with
-    onset >= offset sets nothing, and rows naming files not in ``filenames`` are ignored.
+    onset >= offset sets nothing, and rows naming files not in ``filenames`` are ignored. The
+    filenames that some row names are added to ``matched`` when given.
     """
     path, found = Path(csv_path), []
     dense = np.zeros((len(filenames), num_segments, NUM_CLASSES), dtype=np.float32)  # (N, T, C)
@@ -204,6 +206,8 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
             continue
         if name in row_of:
             dense[row_of[name], start:end, classes] = 1.0
+            if matched is not None:
+                matched.add(name)
     _report(found, problems)
     return dense
 
@@ -226,7 +230,7 @@ def dense_to_rows(filenames: Sequence[str], dense: Any,
 def write_rows(path: str | Path, rows: Sequence[tuple[str, Any, Any, str]]) -> None:
     """Write dense rows with the header of the AVVP_eval_*.csv files."""
     lines = ["filename\tonset\toffset\tevent_labels"] + ["\t".join(map(str, row)) for row in rows]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")  # whole or not at all: an earlier file is never cut short
 
 
 def write_dense_csv(path: str | Path, filenames: Sequence[str], dense: Any,
@@ -262,7 +266,7 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.float64:
         seen["float64"] += 1
-    elif array.dtype != np.float32:
+    elif array.dtype not in (np.float32, np.float16):  # float16 widens to float32 exactly: no warning
         found.append(f"{path}: dtype {array.dtype}, expected float32")
         return None
     width = dim if dim is not None else "D"
@@ -293,7 +297,8 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
     """Yield ``(i, features)`` per filename: ``(T, D)`` pooled, ``(k*T, D)`` unpooled, None if bad.
 
     Problems go to ``problems``; ``listed_in[i]`` (e.g. ``"AVVP_train.csv, line 5"``) says where a
-    video whose file is missing was listed. float64 files are cast, with one warning per folder.
+    video whose file is missing was listed. float64 files are cast, with one warning per folder;
+    float16 files are widened (exactly).
     """
     folder, seen, first_problem = Path(folder), Counter(), len(problems)
     if not folder.is_dir():
@@ -326,7 +331,8 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
     widths = Counter({key[1]: n for key, n in seen.items() if isinstance(key, tuple)}).most_common(1)
     if widths and widths[0][1] > 1:  # the likely cause first: features of another size
         problems.insert(first_problem, f"{folder}: {widths[0][1]} files are {widths[0][0]} wide where {dim} is "
-                        f"expected; if they are the features you want, set the feature size to {widths[0][0]}")
+                        f"expected; if they are the features you want, set this folder's feature size (--data.*_dim) to "
+                        f"{widths[0][0]}")
     if seen["float64"] and str(folder) not in _WARNED_FLOAT64:
         _WARNED_FLOAT64.add(str(folder))
         warnings.warn(f"{folder}: {seen['float64']} float64 feature file(s) cast to float32 (warned once per "
@@ -415,11 +421,19 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     dense: dict[str, list[np.ndarray]] = {}  # modality -> per wanted split (N_s, T, C); None outside val/test
     with_dense = [s for s in wanted if s in DENSE_SPLITS]
     if with_dense:
-        names = [f for s in with_dense for f in videos[s][0]]
+        names, matched = [f for s in with_dense for f in videos[s][0]], set()
         for modality, file in DENSE_FILES.items():
-            truth = read_dense_truth(root / file, names, num_segments, problems=found)  # (N, T, C)
+            truth = read_dense_truth(root / file, names, num_segments, problems=found, matched=matched)  # (N, T, C)
             parts = dict(zip(with_dense, _split_rows(truth, [len(videos[s][0]) for s in with_dense])))
             dense[modality] = [parts.get(s) for s in wanted]
+        for split in with_dense:  # weak labels say there are events; a truth of none would score nonsense
+            filenames, weak, where = videos[split]
+            if weak is not None and weak.any() and not matched.intersection(filenames) and all(
+                    (root / file).is_file() for file in DENSE_FILES.values()):
+                found.append(f"{root / DENSE_FILES['audio']} and {root / DENSE_FILES['visual']}: no row names any of "
+                             f"the {len(filenames)} videos listed in {where[0].rsplit(', line', 1)[0]} (such as "
+                             f"{filenames[0]!r}); their filename column must hold the listed filenames "
+                             "(<id>_<start>_<end>, as in the split CSV)")
 
     # One pass per feature folder over all wanted splits: one float64 warning per folder.
     names = [f for s in wanted for f in videos[s][0]]
