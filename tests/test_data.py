@@ -328,6 +328,24 @@ def test_missing_empty_and_malformed_csvs(root: Path) -> None:
     assert "AVVP_test_pd.csv: missing column(s) filename, event_labels" in _error(root, "test")
 
 
+def test_missing_root_is_one_problem(root: Path) -> None:
+    assert _error(root / "nowhere") == f"{root / 'nowhere'}: not found (the dataset root, in the official LLP layout)"
+    assert check_dataset(root / "AVVP_train.csv", **DIMS) == [
+        f"{root / 'AVVP_train.csv'}: not a folder (the dataset root, in the official LLP layout)"]
+
+
+def test_unreadable_feature_file_says_so(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target, load = video_id(_line(root, "AVVP_train.csv", 2)[0]), np.load
+
+    def forbidden(path: object, *args: object, **kwargs: object) -> object:  # (root may read anything)
+        if Path(str(path)).stem == target:
+            raise PermissionError(13, "Permission denied", str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", forbidden)
+    assert f"{root / 'feats' / 'vggish' / target}.npy: cannot be read (permission denied)" in _error(root)
+
+
 def test_dense_truth_that_names_no_listed_video_is_an_error(root: Path) -> None:
     for file in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):  # ids only: no row names a listed file
         lines = (root / file).read_text().splitlines()

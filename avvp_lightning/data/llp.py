@@ -259,6 +259,9 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
                 found.append(f"{path}: not a .npy file (no NUMPY header)")
                 return None
         array = np.load(path, allow_pickle=False)
+    except PermissionError:
+        found.append(f"{path}: cannot be read (permission denied)")
+        return None
     except Exception as err:  # truncated, corrupt header, a pickled object, unreadable: all unusable
         found.append(f"{path}: not a readable .npy file, truncated or corrupt ({type(err).__name__}: {err})")
         return None
@@ -401,6 +404,10 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         problems: Collect problems here instead of raising one DataError with all of them.
     """
     root, found, lists = Path(root), [], dict(lists or {})
+    if not root.is_dir():  # one problem, not one per file the root should hold
+        _report([f"{root}: {'not a folder' if root.exists() else 'not found'} (the dataset root, in the "
+                 "official LLP layout)"], problems)
+        return {}
     videos: dict[str, tuple[list[str], Optional[np.ndarray], list[str]]] = {}
     seen: dict[str, tuple[str, str]] = {}  # video id -> (split, "file, line n") of its first listing
     for split, name in SPLIT_FILES.items():
