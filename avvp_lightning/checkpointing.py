@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -164,8 +165,11 @@ class RunCheckpoint(ModelCheckpoint):
     point after a cluster requeue, a relative ``--run.output_dir`` from another directory), drops
     the best score: the resumed run's first validation then replaces ``best.ckpt`` even when it
     is worse. Here the stored paths are mapped into the new folder and the record is kept when
-    every checkpoint it names is there (the run folder moved as a whole); otherwise (another
-    run's checkpoint resumed into a new folder) Lightning's behaviour stays: a fresh record.
+    every checkpoint it names is there (the run folder moved as a whole). A record whose files are
+    not there (another run's checkpoint resumed into a new folder, or one whose files were moved
+    away or deleted) is dropped with a warning: a new record starts, so the next validation
+    writes ``best.ckpt`` (Lightning would keep the score of a file that is gone, and might never
+    write one).
     """
 
     @property
@@ -177,13 +181,21 @@ class RunCheckpoint(ModelCheckpoint):
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
             moved = self._moved(state_dict, Path(old), Path(self.dirpath))
-            if moved is not None:
-                state_dict = moved
+            if moved is None:  # a path outside the old folder: Lightning's behaviour (a warning, a new record)
+                super().load_state_dict(state_dict)
+                return
+            state_dict = moved
+        missing = [path for path in [*(state_dict.get("best_k_models") or {}), state_dict.get("best_model_path")]
+                   if path and not Path(path).is_file()]
+        if missing:  # another run's checkpoint, or the record's files were moved away (previous/) or deleted
+            warnings.warn(f"{self.dirpath}: the checkpoint record names {missing[0]}, which is not there; a new "
+                          f"record of the best checkpoint starts here", stacklevel=1)
+            return
         super().load_state_dict(state_dict)
 
     @staticmethod
     def _moved(state: dict[str, Any], old: Path, new: Path) -> Optional[dict[str, Any]]:
-        """``state`` with its paths under ``old`` moved to ``new``, or None when one is not found there."""
+        """``state`` with its paths under ``old`` moved to ``new``, or None when one is outside ``old``."""
 
         def move(path: Any) -> Any:
             if not path:
@@ -195,14 +207,11 @@ class RunCheckpoint(ModelCheckpoint):
 
         try:
             best_k = {move(path): score for path, score in (state.get("best_k_models") or {}).items()}
-            moved = {**state, "dirpath": str(new), "best_k_models": best_k,
-                     **{key: move(state.get(key)) for key in ("best_model_path", "kth_best_model_path",
-                                                              "last_model_path")}}
-        except LookupError:  # a path outside the old folder
+            return {**state, "dirpath": str(new), "best_k_models": best_k,
+                    **{key: move(state.get(key)) for key in ("best_model_path", "kth_best_model_path",
+                                                             "last_model_path")}}
+        except LookupError:
             return None
-        if not all(Path(path).is_file() for path in [*best_k, moved["best_model_path"]] if path):
-            return None
-        return moved
 
 
 # ------------------------------------------------------------------------------ compatibility

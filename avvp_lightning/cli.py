@@ -271,11 +271,16 @@ class RunRecorder(Callback):
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:  # noqa: D102
         if self.record is None or not trainer.is_global_zero:
             return
+        if self.record["subcommand"] == "fit" and smoke_over_earlier_run(trainer):
+            print(f"a fit that writes no checkpoints (fast_dev_run, or checkpointing off): the earlier run in "
+                  f"{trainer.default_root_dir} is left as it is, its run.json and config-fit.yaml too", flush=True)
+            return
         if self.record["subcommand"] == "fit" and not self.resumed:
             moved = retire_earlier_run(Path(trainer.default_root_dir))
             if moved is not None:
                 warnings.warn(f"{trainer.default_root_dir} held an earlier run: its checkpoints and results are now "
-                              f"in {moved} (to continue a run instead, fit with --ckpt_path last)", stacklevel=1)
+                              f"in {moved} (to continue that run rather than start this one, stop this fit and fit "
+                              f"with --ckpt_path {moved / 'checkpoints' / 'last.ckpt'})", stacklevel=1)
         path = runinfo.write_run_record(trainer.default_root_dir, self.record, resumed=self.resumed)
         if self.record["subcommand"] == "test":
             print(f"{runinfo.format_record(self.record)}\nrun record: {path}", flush=True)
@@ -286,14 +291,24 @@ EARLIER_RUN = ("checkpoints", "test", "predict", "run.json", "config-fit.yaml", 
                "config-test.yaml", "config-predict.yaml")
 
 
+def _holds_run(run_dir: Path) -> bool:
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
+
+
+def smoke_over_earlier_run(trainer: Trainer) -> bool:
+    """A fit that writes no checkpoints (a smoke test) in a folder that holds an earlier run's."""
+    smoke = bool(trainer.fast_dev_run) or not trainer.checkpoint_callbacks
+    return smoke and _holds_run(Path(trainer.default_root_dir))
+
+
 def retire_earlier_run(run_dir: Path) -> Optional[Path]:
     """Move an earlier run's checkpoints and results into ``<run_dir>/previous/<UTC time>/``.
 
     Nothing happens (None) unless the folder holds a checkpoint. The CSV and W&B logs stay: they
     are kept per invocation anyway (``csv/version_N``).
     """
-    checkpoints = run_dir / "checkpoints"
-    if not (checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))):
+    if not _holds_run(run_dir):
         return None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = run_dir / "previous" / stamp
@@ -328,16 +343,17 @@ def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
     recorded = runinfo.flatten_config(fit.get("config") or {})  # options older versions lacked are not compared
     bad = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in runinfo.config_changes(recorded, config).items()
            if key in recorded and key.startswith(RUN_DEFINING) and not key.startswith(FREE_ON_RESUME)]
-    trained_on, now = (fit.get("data") or {}).get("sha256"), (fingerprint or {}).get("sha256")
-    if trained_on and now and trained_on != now:
-        bad.append(f"data sha256 {trained_on[:12]}... -> {now[:12]}... (other CSVs or feature files)")
+    trained_on = fit.get("data")
+    if trained_on and fingerprint and not runinfo.same_data(trained_on, fingerprint):
+        bad.append(f"data sha256 {trained_on['sha256'][:12]}... -> {fingerprint['sha256'][:12]}... (other CSVs "
+                   "or feature files)")
     if bad:
         shown = "; ".join(bad[:6]) + (f"; and {len(bad) - 6} more" if len(bad) > 6 else "")
         raise DataError(f"--ckpt_path: resuming the run in {run_dir} with options or data other than it began "
                         f"with: {shown}. A resume continues the run as it was (only --trainer.max_epochs and "
                         "settings that do not change the training, such as devices, workers or logging, may "
-                        f"differ): repeat its options ({run_dir / 'config-fit.yaml'}), or start a new run with "
-                        "another --run.name")
+                        f"differ): repeat its options ({run_dir / 'config-fit.yaml'}), or start a new run in "
+                        "another folder (--run.name, --run.output_dir)")
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -356,6 +372,8 @@ class RunConfigSaver(SaveConfigCallback):
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         name = getattr(stage, "value", stage)  # a TrainerFn: "fit", "test", ...
+        if name == "fit" and smoke_over_earlier_run(trainer):  # the earlier run's config stays (RunRecorder)
+            return
         path = run_dir / f"config-{name}.yaml"
         config = self.config.clone()
         run = config.get("run")
@@ -573,12 +591,11 @@ class AVVPCLI(LightningCLI):
             self.recorder.resumed = True  # this run's own checkpoint: the run continues as it began
             if isinstance(fit, dict):
                 check_resume(run_dir, fit, config, fingerprint)
-        elif sub in ("validate", "test") and isinstance(fit, dict) and fingerprint is not None:
-            trained_on = (fit.get("data") or {}).get("sha256")
-            if trained_on and trained_on != fingerprint["sha256"]:
+        elif sub in ("validate", "test") and isinstance(fit, dict) and fit.get("data") and fingerprint is not None:
+            if not runinfo.same_data(fit["data"], fingerprint):
                 warnings.warn(f"{sub} on data other than this run's fit (data sha256 {fingerprint['sha256'][:12]}..., "
-                              f"fit {trained_on[:12]}...: see {run_dir / runinfo.RUN_FILE}); its results replace "
-                              f"those in {run_dir}", stacklevel=1)
+                              f"fit {fit['data']['sha256'][:12]}...: see {run_dir / runinfo.RUN_FILE}); its results "
+                              f"replace those in {run_dir}", stacklevel=1)
         seed = os.environ.get("PL_GLOBAL_SEED")
         self.recorder.record = runinfo.run_record(  # written once the data has loaded (RunRecorder)
             sub, int(seed) if seed is not None else None, config, fingerprint,

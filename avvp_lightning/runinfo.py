@@ -130,6 +130,24 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
     return record
 
 
+def same_data(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether two :func:`data_fingerprint` records can be the same data.
+
+    Equal hashes, or equal CSVs and the same packed store. Read from a store alone (its feature
+    folders not at the root, say the CSVs and the store copied to a GPU node), the hash holds the
+    store's instead of the folders' summary; with equal CSVs and no store to compare on both
+    sides, the features cannot be compared, and they count as the same.
+    """
+    if before.get("sha256") == after.get("sha256"):
+        return True
+    if before.get("csv") != after.get("csv"):
+        return False
+    stores = [(record.get("store") or {}).get("sha256") for record in (before, after)]
+    if all(stores):
+        return stores[0] == stores[1]
+    return any(all(f.get("missing") for f in (record.get("features") or {}).values()) for record in (before, after))
+
+
 def store_sha256(store: str | Path) -> Optional[str]:
     """SHA-256 identifying a packed store's data, the same for every packing of the same data.
 

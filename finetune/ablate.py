@@ -171,6 +171,10 @@ def sweep(runs: list[Run], extra: list[str], dry_run: bool = False) -> list[Run]
             continue
         try:
             execute(run, extra)
+        except DataError:  # bad input or options: the same command would stop here again
+            print(f"[avvp-ablate] {run.name} seed {run.seed} stopped on the error below; fix it, then run the "
+                  "command again to go on from here", file=sys.stderr, flush=True)
+            raise
         except BaseException:
             print(f"[avvp-ablate] {run.name} seed {run.seed} did not finish; run the same command again "
                   "to resume from here", file=sys.stderr, flush=True)

@@ -329,3 +329,14 @@ def test_report_without_finished_runs_says_where_it_looked(tmp_path: Path) -> No
     (tmp_path / "han" / "seed0" / "checkpoints").mkdir(parents=True)  # started, never tested
     with pytest.raises(DataError, match=r"metrics\.json"):
         report.main(["--output_dir", str(tmp_path), "--out", str(tmp_path / "rep")])
+
+
+def test_sweep_stopped_by_bad_input_says_to_fix_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    def refused(run: Any, extra: list[str]) -> None:
+        raise DataError("--ckpt_path: resuming the run in ... with options or data other than it began with")
+
+    monkeypatch.setattr(ablate, "execute", refused)
+    with pytest.raises(DataError):  # rerunning the same command would stop there again: no "run it again"
+        ablate.sweep(ablate.plan_runs(["han"], [0], tmp_path), [])
+    assert "han seed 0 stopped on the error below; fix it, then run the command again" in capsys.readouterr().err

@@ -126,6 +126,14 @@ def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     assert json.loads((previous / "run.json").read_text())["fit"]["config"]["trainer"]["max_epochs"] == 3
     assert json.loads((run_dir / "run.json").read_text())["fit"]["config"]["trainer"]["max_epochs"] == 1
     assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 0
+    kept = {name: (run_dir / name).read_bytes() for name in ("run.json", "config-fit.yaml", "checkpoints/last.ckpt")}
+    main(["fit", *args, "--trainer.fast_dev_run=true"])  # a smoke test writes no checkpoints: nothing moves
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept and len(list(run_dir.glob("previous/*"))) == 1
+    # Continuing the moved run (as the warning says): this folder's run moves aside in turn, and the
+    # moved run's record of its best checkpoint, whose file is elsewhere now, starts again here.
+    main(["fit", *args, "--trainer.max_epochs=4", "--ckpt_path", str(previous / "checkpoints" / "last.ckpt")])
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 3
+    assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")["epoch"] == 3
 
 
 def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
@@ -173,7 +181,7 @@ def test_precision_is_auto_unless_given(tiny_root: Path, tmp_path: Path, monkeyp
         assert _precision(run_dir) == want
     main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "last"])
     assert _precision(run_dir, "test") == "32-true"  # evaluation stays in float32 on any hardware
-    main(["fit", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true", "--trainer.precision", "32-true"])
+    main(["fit", *small_args(tiny_root, tmp_path), "--trainer.max_epochs=1", "--trainer.precision", "32-true"])
     assert _precision(run_dir) == "32-true"  # given: kept, even where bf16 is native
 
 

@@ -363,9 +363,13 @@ def test_moved_run_folder_keeps_the_best_checkpoint_record(tmp_path: Path) -> No
 
     new.mkdir(parents=True)
     resumed = callback(new)
-    with pytest.warns(UserWarning, match="dirpath has changed"):  # no best.ckpt there: another run's, a new record
+    with pytest.warns(UserWarning, match="best.ckpt, which is not there; a new record"):  # another run's
         resumed.load_state_dict(state)
-    assert resumed.best_model_score is None and resumed.best_k_models == {}
+    assert resumed.best_model_score is None and resumed.best_k_models == {} and resumed.best_model_path == ""
+    same = callback(old)  # the same folder, its best.ckpt moved away (previous/) or deleted: a new record too
+    with pytest.warns(UserWarning, match="which is not there"):
+        same.load_state_dict(state)
+    assert same.best_model_score is None
     (new / "best.ckpt").write_bytes(b"moved with its folder")
     resumed = callback(new)
     resumed.load_state_dict(state)  # the folder moved: the record moves with it

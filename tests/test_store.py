@@ -32,7 +32,7 @@ from avvp_lightning.finetune.module import ParserModule
 from avvp_lightning.finetune.report import run_data_root
 from avvp_lightning.metrics import METRIC_KEYS, avvp_scores, decide
 from avvp_lightning.models.parser import AVVPParser
-from avvp_lightning.runinfo import data_fingerprint
+from avvp_lightning.runinfo import data_fingerprint, same_data
 from test_ddp import run_ddp  # tests/test_ddp.py: the console script under 2 DDP processes
 
 DIMS = dict(SMALL_DIMS)  # audio 32, visual 32, motion 16
@@ -248,6 +248,25 @@ def test_pack_through_a_symlink_writes_where_it_points(root: Path, tmp_path: Pat
     loop.symlink_to(loop)
     with pytest.raises(DataError, match="loop: a symbolic link that cannot be followed"):
         pack_store(root, loop, **DIMS)
+
+
+def test_same_data_across_a_store_copied_alone(packed_root: Path, tmp_path: Path) -> None:
+    dirs = {"audio": "feats/vggish", "visual": "feats/res152", "motion": "feats/r2plus1d_18"}
+    node = tmp_path / "gpu_node"  # the CSVs and the store only, as the README's GPU recipe copies them
+    node.mkdir()
+    for csv in packed_root.glob("*.csv"):
+        shutil.copy(csv, node)
+    shutil.copytree(packed_root / "packed", node / "packed")
+    at_source = data_fingerprint(packed_root, dirs, packed_root / "packed")
+    per_file, alone = data_fingerprint(packed_root, dirs), data_fingerprint(node, dirs, node / "packed")
+    assert alone["sha256"] != at_source["sha256"]  # the store's hash stands in for the missing folders
+    assert same_data(at_source, alone) and same_data(alone, at_source) and same_data(per_file, alone)
+    other = tmp_path / "other"
+    shutil.copytree(node, other)
+    pack_store(packed_root, other / "packed", splits=["test"], overwrite=True, **DIMS)  # other packed data
+    assert not same_data(alone, data_fingerprint(other, dirs, other / "packed"))
+    (node / "AVVP_train.csv").write_text((node / "AVVP_train.csv").read_text() + "\n")  # another CSV
+    assert not same_data(at_source, data_fingerprint(node, dirs, node / "packed"))
 
 
 def test_run_record_and_report_find_the_data_of_a_store_used_alone(packed_root: Path, tmp_path: Path) -> None:
