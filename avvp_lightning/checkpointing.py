@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from avvp_lightning.errors import DataError
+from avvp_lightning.runinfo import write_atomic
 
 # First component of the weight names -> what wrote the checkpoint.
 KNOWN_MODELS = {
@@ -58,16 +59,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-save
             if not _process_alive(stale.name.rsplit("-", 1)[-1]):  # not another live run's save in progress
                 stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        def save(file: Any) -> None:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+
+        write_atomic(path, save)  # .<name>.tmp-<pid>, renamed over the old file; removed if the save fails
         _fsync_folder(path.parent)
 
 
@@ -79,8 +77,8 @@ def _process_alive(pid: str) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists (another user's), or cannot tell: leave its file
+    except (OSError, OverflowError):
+        return True  # exists (another user's: PermissionError), or cannot tell: leave its file
     return True
 
 
