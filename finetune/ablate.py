@@ -215,7 +215,8 @@ def parse_args(args: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
         key = extra[i].split("=", 1)[0]
         if key in RESERVED:
             parser.error(f"{key} is set by the sweep for each run (row name, seed, checkpoint); remove it")
-        if key in ("fit", "test", "validate", "predict"):
+        is_value = i > 0 and extra[i - 1].startswith("-") and "=" not in extra[i - 1]  # --data.root test
+        if key in ("fit", "test", "validate", "predict") and not is_value:
             parser.error(f"no subcommand: avvp-ablate runs fit then test itself (got {key!r})")
         if key == "--run.output_dir":  # an alias of --output_dir
             value = extra[i].split("=", 1)[1] if "=" in extra[i] else (extra[i + 1] if i + 1 < len(extra) else None)
@@ -228,6 +229,10 @@ def parse_args(args: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
         i += 1
     if opts.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {opts.seeds}")
+    if opts.first_seed < 0:
+        parser.error(f"--first_seed must be >= 0, got {opts.first_seed}")
+    if not [c for c in opts.configs.split(",") if c.strip()]:
+        parser.error(f"--configs names no config (got {opts.configs!r})")
     opts.output_dir = opts.output_dir or "outputs"
     return opts, passed
 

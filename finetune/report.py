@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -45,7 +47,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from avvp_lightning.cli import command_line_errors
+from avvp_lightning import runinfo
+from avvp_lightning.cli import FREE_ON_RESUME, RUN_DEFINING, command_line_errors
 from avvp_lightning.data.llp import DENSE_FILES, SPLIT_FILES, read_dense_truth, read_video_list, video_id
 from avvp_lightning.data.store import read_index
 from avvp_lightning.data.synthetic import default_root
@@ -101,7 +104,8 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
     found: dict[str, list[RunResult]] = {}
     unfinished: list[Path] = []
     for folder in sorted(root.glob("*/seed*")):
-        if not folder.is_dir() or not folder.name[4:].isdigit():
+        number = folder.name[4:]
+        if not folder.is_dir() or not number.isdigit() or str(int(number)) != number:  # seed01: not a run folder
             continue
         config = folder.parent.name
         if configs and config not in configs:
@@ -110,14 +114,13 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
         if not path.is_file():
             unfinished.append(folder)
             continue
-        try:
-            metrics = json.loads(path.read_text())
-        except ValueError as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from err
-        missing = [k for k in METRIC_KEYS if k not in metrics]
-        if missing:
-            raise DataError(f"{path}: no {', '.join(missing)} (expected the output of avvp-finetune test)")
-        found.setdefault(config, []).append(RunResult(config, int(folder.name[4:]), folder, metrics))
+        problem = _metrics_problem(path)
+        if problem:  # as avvp-ablate counts it: not finished (its rerun tests the run again)
+            print(f"[avvp-report] {path}: {problem}; the run is left out as unfinished", file=sys.stderr, flush=True)
+            unfinished.append(folder)
+            continue
+        metrics = json.loads(path.read_text())
+        found.setdefault(config, []).append(RunResult(config, int(number), folder, metrics))
     absent = [c for c in configs or () if c not in found]
     if not found or absent:
         what = f"config(s) {', '.join(absent)}" if absent else "anything"
@@ -125,6 +128,46 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
                         f"<config>/seed<N>/test/metrics.json); finished: {', '.join(sorted(found)) or 'none'}")
     return ({c: sorted(found[c], key=lambda r: r.seed) for c in sorted(found, key=_row_key)},
             unfinished)
+
+
+def _metrics_problem(path: Path) -> Optional[str]:
+    """Why ``metrics.json`` is not a finished test's output (None when it is)."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"not readable JSON ({err})"
+    if not isinstance(metrics, dict):
+        return "not a JSON object"
+    missing = [k for k in METRIC_KEYS if not isinstance(metrics.get(k), (int, float)) or isinstance(metrics.get(k), bool)]
+    per_class = metrics.get("per_class") if isinstance(metrics.get("per_class"), dict) else {}
+    missing += [f"per_class {key}" for key in ("segment/audio", "segment/visual")
+                if not isinstance(per_class.get(key), dict) or any(c not in per_class[key] for c in CLASSES)]
+    return f"no number for {', '.join(missing)} (expected the output of avvp-finetune test)" if missing else None
+
+
+def differences(runs: Sequence[RunResult]) -> list[str]:
+    """How the runs of one row differ from its first run in what they were trained with, or on.
+
+    From each run's ``run.json`` ``fit`` entry: the options a resumed fit must keep
+    (:data:`~avvp_lightning.cli.RUN_DEFINING`, except the seed) and the number of epochs or steps,
+    and the data (:func:`~avvp_lightning.runinfo.same_data`). Runs without a record are not compared.
+    """
+    fits = [(run, runinfo.read_run_records(run.folder).get("fit")) for run in runs]
+    fits = [(run, fit) for run, fit in fits if isinstance(fit, dict)]
+    if len(fits) < 2:
+        return []
+    (first, base), notes = fits[0], []
+    keys = tuple(k for k in RUN_DEFINING if k != "seed_everything") + ("trainer.max_epochs", "trainer.max_steps")
+    for run, fit in fits[1:]:
+        changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in runinfo.config_changes(
+            base.get("config") or {}, fit.get("config") or {}).items()
+            if key.startswith(keys) and not key.startswith(FREE_ON_RESUME)]
+        if base.get("data") and fit.get("data") and not runinfo.same_data(base["data"], fit["data"]):
+            changed.append("the data (another data fingerprint)")
+        if changed:
+            notes.append(f"seed {run.seed} against seed {first.seed}: {'; '.join(changed[:4])}"
+                         + (f"; and {len(changed) - 4} more" if len(changed) > 4 else ""))
+    return notes
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
@@ -146,7 +189,8 @@ def format_cell(mean: float, std: Optional[float]) -> str:
 def markdown_table(results: dict[str, list[RunResult]], level: str) -> str:
     """Table 1 (``level="segment"``) or Table 2 (``"event"``) as Markdown, best mean per column bold."""
     stats = {config: summarize(runs) for config, runs in results.items()}
-    best = {col: max(float(f"{s[f'{level}/{col}'][0]:.1f}") for s in stats.values()) for col, _ in COLUMNS}
+    best = {col: max([float(f"{s[f'{level}/{col}'][0]:.1f}") for s in stats.values()
+                      if math.isfinite(s[f"{level}/{col}"][0])] or [math.nan]) for col, _ in COLUMNS}  # NaN: never best
     lines = [f"| Method | n | {' | '.join(title for _, title in COLUMNS)} |",
              "|:--|--:|" + "--:|" * len(COLUMNS)]
     for config, stat in stats.items():
@@ -154,7 +198,7 @@ def markdown_table(results: dict[str, list[RunResult]], level: str) -> str:
         for col, _ in COLUMNS:
             mean, std = stat[f"{level}/{col}"]
             cell = format_cell(mean, std)
-            cells.append(f"**{cell}**" if f"{mean:.1f}" == f"{best[col]:.1f}" else cell)
+            cells.append(f"**{cell}**" if math.isfinite(mean) and f"{mean:.1f}" == f"{best[col]:.1f}" else cell)
         lines.append(f"| {row_name(config)} | {len(results[config])} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -385,6 +429,11 @@ def render_report(results: dict[str, list[RunResult]], unfinished: list[Path], o
     sizes = {r.metrics.get("num_videos") for runs in results.values() for r in runs} - {None}
     if len(sizes) > 1:
         lines += ["", f"Warning: the runs were tested on different numbers of videos ({sorted(sizes)})."]
+    for config, runs in results.items():
+        notes = differences(runs)
+        if notes:
+            lines += ["", f"Warning: the runs of {row_name(config)} were not made alike ({'; '.join(notes)}); its mean "
+                      "mixes them (rerun them in a folder of their own)."]
     if unfinished:
         lines += ["", "Unfinished (left out): " + ", ".join(f"{p.parent.name}/{p.name}" for p in unfinished)]
     if "figure4" in images:
@@ -426,7 +475,11 @@ def write_report(opts: argparse.Namespace) -> None:
         path = out / f"timeline_{timeline_run.config}_seed{timeline_run.seed}_{safe}.png"
         images[f"timeline_{safe}"] = timeline(timeline_run, video, path)
     markdown = out / "report.md"
-    markdown.write_text(render_report(results, unfinished, opts.output_dir, images, pair))
+    text = render_report(results, unfinished, opts.output_dir, images, pair)
+    runinfo.write_atomic(markdown, text)
+    for line in text.splitlines():
+        if line.startswith("Warning:"):
+            print(f"[avvp-report] {line}", file=sys.stderr, flush=True)
     print(f"[avvp-report] {sum(map(len, results.values()))} finished runs of {len(results)} configs -> {markdown}"
           + "".join(f"\n[avvp-report] {p}" for p in images.values()), flush=True)
     if wandb_online():

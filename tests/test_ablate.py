@@ -29,6 +29,7 @@ from avvp_lightning.data.synthetic import generate_llp
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import ablate, report
 from avvp_lightning.finetune import cli as finetune_cli
+from avvp_lightning.labels import CLASSES
 from avvp_lightning.metrics import METRIC_KEYS
 
 DIMS = {"audio_dim": 16, "visual_dim": 32, "motion_dim": 8}
@@ -286,6 +287,13 @@ def test_reserved_and_subcommand_arguments_are_refused(capsys: pytest.CaptureFix
         with pytest.raises(SystemExit):
             ablate.main(["--configs", "han", *bad])
         assert bad[0].split("=")[0] in capsys.readouterr().err
+    for bad, message in ((["--configs", "han", "--first_seed", "-1"], "--first_seed must be >= 0, got -1"),
+                         (["--configs", " , "], "--configs names no config")):
+        with pytest.raises(SystemExit):
+            ablate.main(bad)
+        assert message in capsys.readouterr().err
+    opts, passed = ablate.parse_args(["--configs", "han", "--data.root", "test"])  # a value, not a subcommand
+    assert passed == ["--data.root", "test"]
 
 
 def test_unknown_config_fails_before_any_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -340,3 +348,30 @@ def test_sweep_stopped_by_bad_input_says_to_fix_it(tmp_path: Path, monkeypatch: 
     with pytest.raises(DataError):  # rerunning the same command would stop there again: no "run it again"
         ablate.sweep(ablate.plan_runs(["han"], [0], tmp_path), [])
     assert "han seed 0 stopped on the error below; fix it, then run the command again" in capsys.readouterr().err
+
+
+def test_report_leaves_out_damaged_runs_and_flags_rows_made_differently(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    def run(config: str, seed: str, value: float, hidden: int = 32, folder: str = "") -> Path:
+        path = tmp_path / config / (folder or f"seed{seed}")
+        (path / "test").mkdir(parents=True)
+        per_class = {key: {c: value for c in CLASSES} for key in ("segment/audio", "segment/visual")}
+        (path / "test" / "metrics.json").write_text(json.dumps({**{key: value for key in METRIC_KEYS},
+                                                                "per_class": per_class}))
+        (path / "run.json").write_text(json.dumps({"fit": {"config": {"model": {"hidden_dim": hidden},
+                                                                      "trainer": {"max_epochs": 40}}}}))
+        return path
+
+    run("han", "0", 0.5), run("han", "1", 0.7, hidden=16)
+    run("han", "01", 0.9, folder="seed01")  # not a run folder: seed 1 once
+    run("base", "0", float("nan"))  # a NaN mean is never the best
+    damaged = run("base", "1", 0.9)
+    (damaged / "test" / "metrics.json").write_text('{"segment/audio": 0.9')  # cut short
+    report.main(["--output_dir", str(tmp_path), "--out", str(tmp_path / "rep")])
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| HAN | 2 | **60.0 ± 14.1** |" in text and "| Base | 1 | nan |" in text
+    assert "Unfinished (left out): base/seed1" in text
+    assert ("Warning: the runs of HAN were not made alike (seed 1 against seed 0: model.hidden_dim 32 -> 16)"
+            in text)
+    err = capsys.readouterr().err
+    assert "base/seed1/test/metrics.json: not readable JSON" in err and "Warning: the runs of HAN" in err
