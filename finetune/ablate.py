@@ -51,12 +51,28 @@ from typing import Optional
 from avvp_lightning.cli import bundled_configs, command_line_errors, resolve_config_args
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import cli as finetune_cli
+from avvp_lightning.labels import CLASSES
 from avvp_lightning.metrics import METRIC_KEYS
 
 #: The rows of the paper's Tables 1-2 that need no pretrained features (the default sweep).
 DEFAULT_CONFIGS = ("han", "base", "base_gcaa", "base_adv_skip", "base_adv_skip_gcaa")
 #: Options the sweep sets itself for every run; passing them through would break the folder layout.
 RESERVED = ("--run.name", "--run.group", "--seed_everything", "--ckpt_path", "--trainer.default_root_dir")
+
+
+def metrics_problem(path: Path) -> Optional[str]:
+    """Why ``metrics.json`` is not a finished test's output (None when it is): a sweep tests such a run again."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"not readable JSON ({err})"
+    if not isinstance(metrics, dict):
+        return "not a JSON object"
+    missing = [k for k in METRIC_KEYS if not isinstance(metrics.get(k), (int, float)) or isinstance(metrics.get(k), bool)]
+    per_class = metrics.get("per_class") if isinstance(metrics.get("per_class"), dict) else {}
+    missing += [f"per_class {key}" for key in ("segment/audio", "segment/visual")
+                if not isinstance(per_class.get(key), dict) or any(c not in per_class[key] for c in CLASSES)]
+    return f"no number for {', '.join(missing)} (expected the output of avvp-finetune test)" if missing else None
 
 
 @dataclass(frozen=True)
@@ -83,12 +99,7 @@ class Run:
     @property
     def done(self) -> bool:
         """Whether the test stage finished: its ``metrics.json`` (written last) holds the ten numbers."""
-        path = self.folder / "test" / "metrics.json"
-        try:
-            metrics = json.loads(path.read_text())
-        except (OSError, ValueError):  # absent, or cut short by a kill: test again
-            return False
-        return isinstance(metrics, dict) and all(key in metrics for key in METRIC_KEYS)
+        return metrics_problem(self.folder / "test" / "metrics.json") is None  # absent, cut short...: test again
 
     @property
     def last_checkpoint(self) -> Path:

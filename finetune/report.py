@@ -53,6 +53,7 @@ from avvp_lightning.data.llp import DENSE_FILES, SPLIT_FILES, read_dense_truth, 
 from avvp_lightning.data.store import read_index
 from avvp_lightning.data.synthetic import default_root
 from avvp_lightning.errors import DataError
+from avvp_lightning.finetune.ablate import metrics_problem
 from avvp_lightning.labels import CLASSES, NUM_CLASSES, NUM_SEGMENTS
 from avvp_lightning.metrics import METRIC_KEYS, per_video_scores
 
@@ -114,7 +115,7 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
         if not path.is_file():
             unfinished.append(folder)
             continue
-        problem = _metrics_problem(path)
+        problem = metrics_problem(path)
         if problem:  # as avvp-ablate counts it: not finished (its rerun tests the run again)
             print(f"[avvp-report] {path}: {problem}; the run is left out as unfinished", file=sys.stderr, flush=True)
             unfinished.append(folder)
@@ -128,21 +129,6 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
                         f"<config>/seed<N>/test/metrics.json); finished: {', '.join(sorted(found)) or 'none'}")
     return ({c: sorted(found[c], key=lambda r: r.seed) for c in sorted(found, key=_row_key)},
             unfinished)
-
-
-def _metrics_problem(path: Path) -> Optional[str]:
-    """Why ``metrics.json`` is not a finished test's output (None when it is)."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        return f"not readable JSON ({err})"
-    if not isinstance(metrics, dict):
-        return "not a JSON object"
-    missing = [k for k in METRIC_KEYS if not isinstance(metrics.get(k), (int, float)) or isinstance(metrics.get(k), bool)]
-    per_class = metrics.get("per_class") if isinstance(metrics.get("per_class"), dict) else {}
-    missing += [f"per_class {key}" for key in ("segment/audio", "segment/visual")
-                if not isinstance(per_class.get(key), dict) or any(c not in per_class[key] for c in CLASSES)]
-    return f"no number for {', '.join(missing)} (expected the output of avvp-finetune test)" if missing else None
 
 
 def differences(runs: Sequence[RunResult]) -> list[str]:

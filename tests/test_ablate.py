@@ -323,8 +323,10 @@ def test_dry_run_prints_the_commands_of_unfinished_runs(tmp_path: Path, capsys: 
     done, cut_short = metrics_of(tmp_path, "han", 3), metrics_of(tmp_path, "han", 4)
     for path in (done, cut_short):
         path.parent.mkdir(parents=True)
-    done.write_text(json.dumps({key: 0.5 for key in METRIC_KEYS}))
-    cut_short.write_text(json.dumps({key: 0.5 for key in METRIC_KEYS})[:40])  # killed while writing
+    finished = {**{key: 0.5 for key in METRIC_KEYS},
+                "per_class": {key: dict.fromkeys(CLASSES, 0.5) for key in ("segment/audio", "segment/visual")}}
+    done.write_text(json.dumps(finished))
+    cut_short.write_text(json.dumps(finished)[:40])  # killed while writing
     ablate.main(["--configs", "han", "--seeds", "2", "--first_seed", "3", "--run.output_dir", str(tmp_path),
                  "--dry_run", "--config", "extra.yaml", "--trainer.max_epochs", "5"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("avvp-finetune")]
