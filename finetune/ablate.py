@@ -197,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avvp-ablate",
         description="Train and test every (config, seed) of an ablation, resumably: finished runs "
-                    "(test/metrics.json present) are skipped, interrupted fits resume from last.ckpt. "
+                    "(a complete test/metrics.json) are skipped, interrupted fits resume from last.ckpt. "
                     "Any other --key value is passed to both avvp-finetune fit and test.",
         epilog=f"Bundled configs: {', '.join(bundled_configs('finetune'))}",
         allow_abbrev=False,  # else `--config x` (passed through) would be read as --configs
