@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from avvp_lightning import runinfo
 from avvp_lightning.cli import bundled_configs, command_line_errors, resolve_config_args
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import cli as finetune_cli
@@ -106,6 +107,17 @@ class Run:
         """Where an interrupted fit left its state."""
         return self.folder / "checkpoints" / "last.ckpt"
 
+    def made_by(self, extra: list[str]) -> bool:
+        """Whether the run's fit was this sweep's command (``run.json``; True when it has no record).
+
+        Compared as the CLI records it (bundled config names resolved), without ``--ckpt_path``.
+        """
+        fit = runinfo.read_run_records(self.folder).get("fit")
+        if not isinstance(fit, dict) or not isinstance(fit.get("command"), list):
+            return True
+        expected = ["avvp-finetune", *resolve_config_args(_without_ckpt(self.args("fit", extra)), "finetune")]
+        return _without_ckpt(fit["command"]) == expected
+
     def args(self, subcommand: str, extra: list[str]) -> list[str]:
         """``avvp-finetune`` arguments of ``subcommand`` (``fit`` or ``test``) for this run."""
         args = [subcommand, "--config", self.config, *extra, "--seed_everything", str(self.seed),
@@ -115,6 +127,19 @@ class Run:
         elif self.last_checkpoint.is_file():
             args += ["--ckpt_path", "last"]
         return args
+
+
+def _without_ckpt(args: list[str]) -> list[str]:
+    """``args`` without ``--ckpt_path X`` / ``--ckpt_path=X`` (a resume point, not an option of the run)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            out.append(arg)
+    return out
 
 
 def config_name(config: str) -> str:
@@ -175,6 +200,11 @@ def sweep(runs: list[Run], extra: list[str], dry_run: bool = False) -> list[Run]
     """
     todo = [run for run in runs if not run.done]
     print(f"[avvp-ablate] {len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to do", flush=True)
+    for run in runs:
+        if run not in todo and not run.made_by(extra):
+            print(f"[avvp-ablate] {run.name} seed {run.seed}: finished by another command than this sweep's "
+                  f"(see {run.folder / 'run.json'}); its results are kept as they are. To redo it with this "
+                  "sweep's options, delete its folder or use another --output_dir", file=sys.stderr, flush=True)
     for run in todo:
         if dry_run:
             for sub in ("fit", "test"):

@@ -262,6 +262,16 @@ def test_wandb_is_used_only_when_online(swept: SimpleNamespace, tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_finished_runs_made_by_another_command_are_named(swept: SimpleNamespace,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    opts, extra = ablate.parse_args(sweep_args(swept.root, swept.out))
+    runs = ablate.plan_runs(["han"], [0], opts.output_dir)
+    ablate.sweep(runs, extra, dry_run=True)  # the sweep that made it: nothing to say
+    assert "finished by another command" not in capsys.readouterr().err
+    ablate.sweep(runs, [*extra, "--trainer.max_epochs", "9"], dry_run=True)  # skipped, as documented, but named
+    assert "han seed 0: finished by another command than this sweep's" in capsys.readouterr().err
+
+
 def test_report_errors_name_what_is_missing(swept: SimpleNamespace, tmp_path: Path) -> None:
     base = ["--output_dir", str(swept.out), "--out", str(tmp_path)]
     with pytest.raises(DataError, match="nope"):
