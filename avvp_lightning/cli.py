@@ -332,6 +332,13 @@ FREE_ON_RESUME = ("model.threshold", "model.output_dir", "model.cuda_graphs", "d
                   "data.store", "data.device_resident", "data.predict_split", "data.pool_visual")
 
 
+def defining_changes(before: dict[str, Any], after: dict[str, Any],
+                     keys: tuple[str, ...] = RUN_DEFINING) -> dict[str, list[Any]]:
+    """:func:`~avvp_lightning.runinfo.config_changes` of the options ``keys`` (prefixes), less :data:`FREE_ON_RESUME`."""
+    return {key: change for key, change in runinfo.config_changes(before, after).items()
+            if key.startswith(keys) and not key.startswith(FREE_ON_RESUME)}
+
+
 def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
                  fingerprint: Optional[dict[str, Any]]) -> None:
     """DataError when a fit resumed from its own checkpoint has options or data other than its run's.
@@ -341,8 +348,8 @@ def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
     fails at the first step; so a resume repeats the run's options (``config-fit.yaml``).
     """
     recorded = runinfo.flatten_config(fit.get("config") or {})  # options older versions lacked are not compared
-    bad = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in runinfo.config_changes(recorded, config).items()
-           if key in recorded and key.startswith(RUN_DEFINING) and not key.startswith(FREE_ON_RESUME)]
+    bad = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in defining_changes(recorded, config).items()
+           if key in recorded]
     trained_on = fit.get("data")
     if trained_on and fingerprint and not runinfo.same_data(trained_on, fingerprint):
         bad.append(f"data sha256 {trained_on['sha256'][:12]}... -> {fingerprint['sha256'][:12]}... (other CSVs "

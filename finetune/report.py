@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from avvp_lightning import runinfo
-from avvp_lightning.cli import FREE_ON_RESUME, RUN_DEFINING, command_line_errors
+from avvp_lightning.cli import RUN_DEFINING, command_line_errors, defining_changes
 from avvp_lightning.data.llp import DENSE_FILES, SPLIT_FILES, read_dense_truth, read_video_list, video_id
 from avvp_lightning.data.store import read_index
 from avvp_lightning.data.synthetic import default_root
@@ -145,9 +145,8 @@ def differences(runs: Sequence[RunResult]) -> list[str]:
     (first, base), notes = fits[0], []
     keys = tuple(k for k in RUN_DEFINING if k != "seed_everything") + ("trainer.max_epochs", "trainer.max_steps")
     for run, fit in fits[1:]:
-        changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in runinfo.config_changes(
-            base.get("config") or {}, fit.get("config") or {}).items()
-            if key.startswith(keys) and not key.startswith(FREE_ON_RESUME)]
+        changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in defining_changes(
+            base.get("config") or {}, fit.get("config") or {}, keys).items()]
         if base.get("data") and fit.get("data") and not runinfo.same_data(base["data"], fit["data"]):
             changed.append("the data (another data fingerprint)")
         if changed:

@@ -434,11 +434,12 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
             parts = dict(zip(with_dense, _split_rows(truth, [len(videos[s][0]) for s in with_dense])))
             dense[modality] = [parts.get(s) for s in wanted]
         for split in with_dense:  # weak labels say there are events; a truth of none would score nonsense
-            filenames, weak, where = videos[split]
+            filenames, weak, _ = videos[split]
             if weak is not None and weak.any() and not matched.intersection(filenames) and all(
                     (root / file).is_file() for file in DENSE_FILES.values()):
+                listing = lists.get(split, root / SPLIT_FILES.get(split, ""))  # the CSV that listed them
                 found.append(f"{root / DENSE_FILES['audio']} and {root / DENSE_FILES['visual']}: no row names any of "
-                             f"the {len(filenames)} videos listed in {where[0].rsplit(', line', 1)[0]} (such as "
+                             f"the {len(filenames)} videos listed in {listing} (such as "
                              f"{filenames[0]!r}); their filename column must hold the listed filenames "
                              "(<id>_<start>_<end>, as in the split CSV)")
 
