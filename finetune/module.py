@@ -91,6 +91,8 @@ class ParserModule(pl.LightningModule):
         output_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= threshold <= 1.0:  # also NaN: past 1 nothing is positive, below 0 everything
+            raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
         self.save_hyperparameters()
         self.parser = AVVPParser(
             audio_dim=audio_dim, visual_dim=visual_dim, motion_dim=motion_dim,

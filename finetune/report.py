@@ -131,28 +131,48 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
             unfinished)
 
 
-def differences(runs: Sequence[RunResult]) -> list[str]:
-    """How the runs of one row differ from its first run in what they were trained with, or on.
+#: The options of ``test`` that change its numbers for the same checkpoint.
+TEST_DEFINING = ("model.threshold", "trainer.precision", "trainer.limit_test_batches")
 
-    From each run's ``run.json`` ``fit`` entry: the options a resumed fit must keep
-    (:data:`~avvp_lightning.cli.RUN_DEFINING`, except the seed) and the number of epochs or steps,
-    and the data (:func:`~avvp_lightning.runinfo.same_data`). Runs without a record are not compared.
+
+def differences(runs: Sequence[RunResult]) -> list[str]:
+    """How the runs of one row differ from its first run in how they were trained or tested.
+
+    From each run's ``run.json``: in its ``fit`` entry, the options a resumed fit must keep
+    (:data:`~avvp_lightning.cli.RUN_DEFINING`, except the seed), the number of epochs or steps and
+    the data (:func:`~avvp_lightning.runinfo.same_data`); in its ``test`` entry,
+    :data:`TEST_DEFINING`, the checkpoint's file name (``best.ckpt``, ``last.ckpt``) and the data.
+    Runs without a record are not compared.
     """
-    fits = [(run, runinfo.read_run_records(run.folder).get("fit")) for run in runs]
-    fits = [(run, fit) for run, fit in fits if isinstance(fit, dict)]
-    if len(fits) < 2:
+    records = [(run, runinfo.read_run_records(run.folder)) for run in runs]
+    records = [(run, record) for run, record in records if isinstance(record.get("fit"), dict)]
+    if len(records) < 2:
         return []
-    (first, base), notes = fits[0], []
+    (first, base), notes = records[0], []
     keys = tuple(k for k in RUN_DEFINING if k != "seed_everything") + ("trainer.max_epochs", "trainer.max_steps")
-    for run, fit in fits[1:]:
+    for run, record in records[1:]:
         changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in defining_changes(
-            base.get("config") or {}, fit.get("config") or {}, keys).items()]
-        if base.get("data") and fit.get("data") and not runinfo.same_data(base["data"], fit["data"]):
+            base["fit"].get("config") or {}, record["fit"].get("config") or {}, keys).items()]
+        if _other_data(base["fit"], record["fit"]):
             changed.append("the data (another data fingerprint)")
+        before, after = base.get("test"), record.get("test")
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += [f"test {key} {old!r} -> {new!r}" for key, (old, new) in runinfo.config_changes(
+                before.get("config") or {}, after.get("config") or {}).items() if key in TEST_DEFINING]
+            names = [Path(str(entry.get("ckpt_path") or "")).name for entry in (before, after)]
+            if names[0] != names[1]:
+                changed.append(f"test checkpoint {names[0] or None!r} -> {names[1] or None!r}")
+            if _other_data(before, after):
+                changed.append("the test data (another data fingerprint)")
         if changed:
             notes.append(f"seed {run.seed} against seed {first.seed}: {'; '.join(changed[:4])}"
                          + (f"; and {len(changed) - 4} more" if len(changed) > 4 else ""))
     return notes
+
+
+def _other_data(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether two run records name data that cannot be the same (no fingerprint: not compared)."""
+    return bool(before.get("data") and after.get("data") and not runinfo.same_data(before["data"], after["data"]))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:

@@ -387,3 +387,22 @@ def test_report_leaves_out_damaged_runs_and_flags_rows_made_differently(tmp_path
             in text)
     err = capsys.readouterr().err
     assert "base/seed1/test/metrics.json: not readable JSON" in err and "Warning: the runs of HAN" in err
+
+
+def test_report_flags_seeds_tested_differently(tmp_path: Path) -> None:
+    def run(seed: int, threshold: float, ckpt: str) -> None:
+        path = tmp_path / "han" / f"seed{seed}"
+        (path / "test").mkdir(parents=True)
+        per_class = {key: {c: 0.5 for c in CLASSES} for key in ("segment/audio", "segment/visual")}
+        (path / "test" / "metrics.json").write_text(json.dumps({**{key: 0.5 for key in METRIC_KEYS},
+                                                                "per_class": per_class}))
+        fit = {"config": {"model": {"hidden_dim": 32, "threshold": 0.5}, "trainer": {"max_epochs": 40}}}
+        test = {"ckpt_path": str(path / ckpt), "config": {"model": {"hidden_dim": 32, "threshold": threshold},
+                                                           "trainer": {"precision": "32-true"}}}
+        (path / "run.json").write_text(json.dumps({"fit": fit, "test": test}))
+
+    run(0, 0.5, "best.ckpt"), run(1, 0.5, "best.ckpt")
+    assert report.differences(report.find_runs(tmp_path)[0]["han"]) == []  # alike: only the folders differ
+    run(2, 0.05, "last.ckpt")
+    assert report.differences(report.find_runs(tmp_path)[0]["han"]) == [
+        "seed 2 against seed 0: test model.threshold 0.5 -> 0.05; test checkpoint 'best.ckpt' -> 'last.ckpt'"]

@@ -129,14 +129,18 @@ def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
 
 def test_dense_rows_with_bad_numbers_or_labels(tmp_path: Path) -> None:
     rows = [("abcdefghijk_0_10", "x", "3", "Dog"), ("abcdefghijk_0_10", "-1", "3", "Dog"),
-            ("abcdefghijk_0_10", "0", "3", ""), ("abcdefghijk_0_10", "0", "3", "Dog")]
+            ("abcdefghijk_0_10", "0", "3", ""), ("abcdefghijk_0_10", "-0.5", "2", "Cat"),
+            ("abcdefghijk_0_10", "0", "3", "Dog")]
     write_tsv(tmp_path / "d.csv", ["filename", "onset", "offset", "event_labels"], rows)
     problems: list[str] = []
     dense = read_dense_truth(tmp_path / "d.csv", ["abcdefghijk_0_10"], problems=problems)
     assert [p.split(": ", 1)[1] for p in problems] == [
         "line 2: onset/offset 'x'/'3' are not numbers", "line 3: negative onset/offset -1/3",
-        "line 4: no event label"]
+        "line 4: no event label", "line 5: negative onset/offset -0.5/2"]  # (-0.5 would truncate to 0)
     assert dense[0, :, CLASS_INDEX["Dog"]].tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert not dense[0, :, CLASS_INDEX["Cat"]].any()
+    with pytest.raises(DataError, match=f"4 problems in the file {tmp_path / 'd.csv'}:"):  # the file, not "the dataset"
+        read_dense_truth(tmp_path / "d.csv", ["abcdefghijk_0_10"])
 
 
 # ---------------------------------------------------------------------------------- features

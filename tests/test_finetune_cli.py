@@ -167,6 +167,13 @@ def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_pat
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
+
+@pytest.mark.parametrize("threshold", ["1.01", "-0.1"])  # (nan: refused by the parser itself)
+def test_threshold_outside_0_1_is_refused(threshold: str, tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"invalid option value: threshold is a probability in \[0, 1\]"):
+        main(["fit", *small_args(tiny_root, tmp_path), "--model.threshold", threshold])
+    assert not any(tmp_path.iterdir())
+
 def _precision(run_dir: Path, subcommand: str = "fit") -> str:
     return json.loads((run_dir / "run.json").read_text())[subcommand]["config"]["trainer"]["precision"]
 

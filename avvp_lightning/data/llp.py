@@ -60,10 +60,10 @@ def raise_problems(problems: Sequence[str], what: str = "dataset") -> None:
         raise DataError(f"{len(problems)} problems in the {what}:\n" + "\n".join(lines))
 
 
-def _report(found: list[str], problems: Optional[list[str]]) -> None:
-    """Hand ``found`` to the caller's ``problems`` list, or raise at once when it has none."""
+def _report(found: list[str], problems: Optional[list[str]], what: str = "dataset") -> None:
+    """Hand ``found`` to the caller's ``problems`` list, or raise at once (``what`` had them) when it has none."""
     if problems is None:
-        raise_problems(found)
+        raise_problems(found, what)
     else:
         problems.extend(found)
 
@@ -135,7 +135,7 @@ def read_video_list(csv_path: str | Path, *, labels: str = "required",
     optional = ("event_labels",) if labels == "optional" else ()
     table = _read_table(path, columns, found, optional)
     if table is None:
-        _report(found, problems)
+        _report(found, problems, f"file {path}")
         return [], None, []
     if len(table) == 0:
         found.append(f"{path}: empty file (a header but no videos)")
@@ -153,7 +153,7 @@ def read_video_list(csv_path: str | Path, *, labels: str = "required",
         weak = np.zeros((len(table), NUM_CLASSES), dtype=np.float32)  # (N, C)
         for i, (text, line) in enumerate(zip(table["event_labels"], lines)):
             weak[i, _parse_labels(text, f"{path}: line {line}", found)] = 1.0
-    _report(found, problems)
+    _report(found, problems, f"file {path}")
     return filenames, weak, lines
 
 
@@ -188,7 +188,7 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
     dense = np.zeros((len(filenames), num_segments, NUM_CLASSES), dtype=np.float32)  # (N, T, C)
     table = _read_table(path, ("filename", "onset", "offset", "event_labels"), found)
     if table is None:
-        _report(found, problems)
+        _report(found, problems, f"file {path}")
         return dense
     row_of = {name: i for i, name in enumerate(filenames)}
     for name, onset, offset, label, line in table.itertuples(index=False, name=None):
@@ -197,18 +197,19 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
         if not label:
             found.append(f"{where}: no event label")
         try:
-            start, end = int(float(onset)), int(float(offset))  # int() truncates, as HAN
+            first, last = float(onset), float(offset)
+            start, end = int(first), int(last)  # int() truncates, as HAN
         except (ValueError, OverflowError):
             found.append(f"{where}: onset/offset '{onset}'/'{offset}' are not numbers")
             continue
-        if start < 0 or end < 0:
+        if first < 0 or last < 0:  # (-0.5 truncates to 0)
             found.append(f"{where}: negative onset/offset {onset}/{offset}")
             continue
         if name in row_of:
             dense[row_of[name], start:end, classes] = 1.0
             if matched is not None:
                 matched.add(name)
-    _report(found, problems)
+    _report(found, problems, f"file {path}")
     return dense
 
 
