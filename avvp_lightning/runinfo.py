@@ -85,9 +85,12 @@ def _npy_header(path: Path) -> str:
 def feature_summary(folder: str | Path) -> dict[str, Any]:
     """Number of ``.npy`` files, SHA-256 of their sorted names, and a count per shape and dtype."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return {"missing": True}
-    names = sorted(p.name for p in folder.glob("*.npy"))
+    try:
+        if not folder.is_dir():
+            return {"missing": True}
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".npy"))
+    except OSError as err:  # no permission: summarised, reported by the data checks when the data loads
+        return {"unreadable": err.strerror or type(err).__name__}
     shapes = Counter(_npy_header(folder / name) for name in names)
     return {
         "files": len(names),
@@ -116,8 +119,16 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
     root = Path(root).expanduser()
     # Regular, readable files only: a folder or a dangling link named *.csv is not data (the
     # CSVs the stage reads are checked, with a named error, when the data loads).
-    listed = sorted(root.glob("*.csv")) if root.is_dir() else []
-    csvs = {p.name: file_sha256(p) for p in listed if p.is_file() and os.access(p, os.R_OK)}
+    try:
+        listed = sorted(entry.path for entry in os.scandir(root) if entry.name.endswith(".csv"))
+    except OSError:  # not a folder, or not readable: reported by the data checks when the data loads
+        listed = []
+    csvs = {}
+    for path in map(Path, listed):
+        try:
+            csvs[path.name] = file_sha256(path)
+        except OSError:  # a folder or a dangling link named *.csv, no permission
+            continue
     features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
     content: dict[str, Any] = {"csv": csvs, "features": features}
     stored = None if store is None else {"path": str(Path(store).expanduser().resolve()), "sha256": store_sha256(store)}

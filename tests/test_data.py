@@ -351,16 +351,24 @@ def test_unreadable_feature_file_says_so(root: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_dense_truth_that_names_no_listed_video_is_an_error(root: Path) -> None:
-    for file in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):  # ids only: no row names a listed file
-        lines = (root / file).read_text().splitlines()
-        (root / file).write_text("\n".join([lines[0], *(line[:11] + line[line.index("\t"):] for line in lines[1:])]))
-    message = _error(root, "test")
-    assert (f"{root / 'AVVP_eval_audio.csv'} and {root / 'AVVP_eval_visual.csv'}: no row names any of the 12 "
-            f"videos listed in {root / 'AVVP_test_pd.csv'} (such as '{_line(root, 'AVVP_test_pd.csv', 2)[0]}')"
-            in message)
-    (root / "AVVP_eval_audio.csv").write_text("filename\tonset\toffset\tevent_labels\n")  # header only: the same
-    (root / "AVVP_eval_visual.csv").write_text("filename\tonset\toffset\tevent_labels\n")
-    assert "no row names any of the 12 videos" in _error(root, "test")
+    header, audio, visual = "filename\tonset\toffset\tevent_labels\n", root / "AVVP_eval_audio.csv", root / "AVVP_eval_visual.csv"
+    original = audio.read_text(), visual.read_text()
+    lines = audio.read_text().splitlines()  # ids only: no row names a listed file
+    audio.write_text("\n".join([lines[0], *(line[:11] + line[line.index("\t"):] for line in lines[1:])]))
+    first = _line(root, "AVVP_val_pd.csv", 2)[0]
+    expected = (f"{audio}: no row names any of the 10 videos of val (such as '{first}'), so their audio "
+                "truth would be empty")
+    assert expected in _error(root)
+    audio.write_text(header)  # header only: the same, also when the visual truth is fine
+    assert expected in _error(root) and str(visual) not in _error(root)
+    visual.write_text(header)
+    assert str(visual) in _error(root) and expected in _error(root)
+    test_lines = (root / "AVVP_test_pd.csv").read_text().splitlines()[1:]  # one split matched, the other not
+    for path, text in zip((audio, visual), original):
+        path.write_text("\n".join(line for line in text.splitlines() if not any(
+            line.startswith(t.split("\t")[0] + "\t") for t in test_lines)) + "\n")
+    assert (f"{audio} and {visual}: no row names any of the 12 videos listed in {root / 'AVVP_test_pd.csv'} "
+            f"(such as '{_line(root, 'AVVP_test_pd.csv', 2)[0]}')") in check_dataset(root, **DIMS)[0]
 
 
 def test_unknown_classes_name_file_line_and_label(root: Path) -> None:

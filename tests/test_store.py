@@ -292,6 +292,52 @@ def test_failed_pack_writes_nothing(root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["llp"]
 
 
+def _deny(monkeypatch: pytest.MonkeyPatch, folder: Path, search: bool) -> None:
+    """Act as if ``folder`` had no read permission (``search``: and no search permission either).
+
+    Simulated: the tests may run as root, whom permissions do not stop.
+    """
+    stat, scandir, inside = os.stat, os.scandir, str(folder) + os.sep
+
+    def denied(path: object) -> PermissionError:
+        return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def guarded_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if search and str(path).startswith(inside):
+            raise denied(path)
+        return stat(path, *args, **kwargs)
+
+    def guarded_scandir(path: object = ".") -> object:
+        if os.path.normpath(str(path)) == str(folder):
+            raise denied(path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "stat", guarded_stat)
+    monkeypatch.setattr(os, "scandir", guarded_scandir)
+
+
+def test_unreadable_feature_folder_is_a_named_problem(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    dims = ["--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]
+    motion = root / "feats" / "r2plus1d_18"
+    with monkeypatch.context() as patch:  # read, no search (chmod 644): no file in it can be opened
+        _deny(patch, motion, search=True)
+        assert data_main(["check", str(root), *dims]) == 1
+        assert f"{motion}: feature folder cannot be opened (permission denied)" in capsys.readouterr().out
+        assert data_main(["pack", str(root), "--out", str(tmp_path / "s"), *dims]) == 2
+        assert f"{motion}: cannot be listed (permission denied)" in capsys.readouterr().err
+        assert not (tmp_path / "s").exists()
+    with monkeypatch.context() as patch:  # search, no read (chmod 311): readable files, no listing
+        _deny(patch, motion, search=False)
+        assert data_main(["check", str(root), *dims]) == 0
+        assert data_main(["pack", str(root), "--out", str(tmp_path / "s"), *dims]) == 2
+        assert f"{motion}: cannot be listed (permission denied)" in capsys.readouterr().err
+        with pytest.raises(DataError, match=f"cannot check that the store is up to date with {root}: {motion}: "
+                                            r"cannot be listed \(permission denied\)"):
+            _dm(root, store="packed").setup("fit")  # not "out of date"
+    assert data_main(["pack", str(root), *dims]) == 0  # nothing was lost: the store is up to date
+
+
 def test_pack_command(root: Path, capsys: pytest.CaptureFixture) -> None:
     dims = ["--audio-dim", "32", "--visual-dim", "32", "--motion-dim", "16"]
     assert data_main(["pack", str(root), *dims]) == 0
@@ -324,7 +370,8 @@ def test_pack_overwrite_replaces_only_a_store(root: Path, tmp_path: Path, capsys
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before  # nothing touched
     assert (notes / "keep.txt").read_text() == "mine" and (foreign / INDEX_FILE).is_file()
     assert data_main(["pack", str(tmp_path / "nowhere"), *dims]) == 2
-    assert "no such dataset folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    assert f"{tmp_path / 'nowhere'}: not found (the dataset root" in capsys.readouterr().err \
+        and not (tmp_path / "nowhere").exists()
 
 
 def test_store_values_and_index_are_checked(root: Path) -> None:

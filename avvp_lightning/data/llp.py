@@ -17,6 +17,7 @@ all problems of a dataset in one message. Problems name the file and the CSV lin
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections import Counter
@@ -66,6 +67,22 @@ def _report(found: list[str], problems: Optional[list[str]], what: str = "datase
         raise_problems(found, what)
     else:
         problems.extend(found)
+
+
+def folder_problem(folder: Path) -> Optional[str]:
+    """Why the files in ``folder`` cannot be reached: ``"not found"``, ``"not a folder"``, ``"cannot be
+    opened (permission denied)"`` (no search permission), or None."""
+    try:
+        os.stat(os.path.join(folder, "."))  # resolving "folder/." needs its search permission (a Path drops the ".")
+    except FileNotFoundError:
+        return "not found"
+    except NotADirectoryError:
+        return "not a folder" if os.path.lexists(folder) else "not found"
+    except PermissionError:
+        return "cannot be opened (permission denied)"
+    except OSError as err:
+        return f"cannot be opened ({err.strerror or err})"
+    return None
 
 
 # ----------------------------------------------------------------------------------- CSV files
@@ -305,8 +322,9 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
     float16 files are widened (exactly).
     """
     folder, seen, first_problem = Path(folder), Counter(), len(problems)
-    if not folder.is_dir():
-        problems.append(f"{folder}: feature folder not found")
+    problem = folder_problem(folder)
+    if problem:
+        problems.append(f"{folder}: feature folder {problem}")
         yield from ((i, None) for i in range(len(filenames)))
         return
     ids = [video_id(name) for name in filenames]
@@ -405,9 +423,9 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         problems: Collect problems here instead of raising one DataError with all of them.
     """
     root, found, lists = Path(root), [], dict(lists or {})
-    if not root.is_dir():  # one problem, not one per file the root should hold
-        _report([f"{root}: {'not a folder' if root.exists() else 'not found'} (the dataset root, in the "
-                 "official LLP layout)"], problems)
+    problem = folder_problem(root)
+    if problem:  # one problem, not one per file the root should hold
+        _report([f"{root}: {problem} (the dataset root, in the official LLP layout)"], problems)
         return {}
     videos: dict[str, tuple[list[str], Optional[np.ndarray], list[str]]] = {}
     seen: dict[str, tuple[str, str]] = {}  # video id -> (split, "file, line n") of its first listing
@@ -429,14 +447,22 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     dense: dict[str, list[np.ndarray]] = {}  # modality -> per wanted split (N_s, T, C); None outside val/test
     with_dense = [s for s in wanted if s in DENSE_SPLITS]
     if with_dense:
-        names, matched = [f for s in with_dense for f in videos[s][0]], set()
+        names, matched, unmatched = [f for s in with_dense for f in videos[s][0]], set(), False
+        events = any(videos[s][1] is not None and videos[s][1].any() for s in with_dense)
         for modality, file in DENSE_FILES.items():
-            truth = read_dense_truth(root / file, names, num_segments, problems=found, matched=matched)  # (N, T, C)
+            named: set[str] = set()  # the listed videos that this file's rows name
+            truth = read_dense_truth(root / file, names, num_segments, problems=found, matched=named)  # (N, T, C)
             parts = dict(zip(with_dense, _split_rows(truth, [len(videos[s][0]) for s in with_dense])))
             dense[modality] = [parts.get(s) for s in wanted]
+            if events and not named and (root / file).is_file() and not any(str(root / file) in p for p in found):
+                unmatched = True  # a header alone, or rows keyed by the 11-character id: no truth at all
+                found.append(f"{root / file}: no row names any of the {len(names)} videos of "
+                             f"{' and '.join(with_dense)} (such as {names[0]!r}), so their {modality} truth would "
+                             "be empty; its filename column must hold the listed filenames (<id>_<start>_<end>)")
+            matched |= named
         for split in with_dense:  # weak labels say there are events; a truth of none would score nonsense
             filenames, weak, _ = videos[split]
-            if weak is not None and weak.any() and not matched.intersection(filenames) and all(
+            if weak is not None and weak.any() and not unmatched and not matched.intersection(filenames) and all(
                     (root / file).is_file() for file in DENSE_FILES.values()):
                 listing = lists.get(split, root / SPLIT_FILES.get(split, ""))  # the CSV that listed them
                 found.append(f"{root / DENSE_FILES['audio']} and {root / DENSE_FILES['visual']}: no row names any of "

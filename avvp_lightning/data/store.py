@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from avvp_lightning.data.llp import (
-    DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, raise_problems, read_llp,
+    DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, folder_problem, raise_problems, read_llp,
 )
 from avvp_lightning.data.synthetic import atomic_folder, followed
 from avvp_lightning.errors import DataError
@@ -87,32 +87,45 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
     """
     root = Path(root)
     csvs: dict[str, Optional[dict[str, Any]]] = {}
+    unreadable: list[str] = []  # what cannot be read: its content cannot be compared
     for name in (*SPLIT_FILES.values(), *DENSE_FILES.values()):
         try:
             stat = (root / name).stat()
         except FileNotFoundError:
             csvs[name] = None
             continue
+        except OSError as err:  # the root cannot be searched
+            unreadable.append(f"{root / name}: cannot be read ({_reason(err)})")
+            csvs[name] = None
+            continue
         try:
             content: str | None = file_sha256(root / name)  # LLP's CSVs: < 1 MB each
-        except OSError:  # unreadable or a folder: the CSV reader names the problem when the CSV is read
+        except IsADirectoryError:  # not data: the CSV reader names the problem when the CSV is read
+            content = None
+        except OSError as err:
+            unreadable.append(f"{root / name}: cannot be read ({_reason(err)})")
             content = None
         csvs[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": content}
     folders: dict[str, Optional[dict[str, int]]] = {}
     for modality in MODALITIES:
         path = _folder(root, dirs[modality])
-        if not path.is_dir():
+        stats: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns)
+        try:
+            if not path.is_dir():
+                folders[dirs[modality]] = None
+                continue
+            with os.scandir(path) as entries:  # one stat per file: ~5 ms per 1000 files
+                for entry in entries:
+                    if entry.name.endswith(".npy"):
+                        try:
+                            stat = entry.stat()
+                            stats[entry.name] = (stat.st_size, stat.st_mtime_ns)
+                        except FileNotFoundError:  # a broken link (e.g. an unfetched git-annex / DVC file)
+                            stats[entry.name] = (-1, 0)
+        except OSError as err:  # no permission to list the folder or to reach its files
+            unreadable.append(f"{path}: cannot be listed ({_reason(err)})")
             folders[dirs[modality]] = None
             continue
-        stats: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns)
-        with os.scandir(path) as entries:  # one stat per file: ~5 ms per 1000 files
-            for entry in entries:
-                if entry.name.endswith(".npy"):
-                    try:
-                        stat = entry.stat()
-                        stats[entry.name] = (stat.st_size, stat.st_mtime_ns)
-                    except OSError:  # a broken link (e.g. an unfetched git-annex / DVC file)
-                        stats[entry.name] = (-1, 0)
         names = sorted(stats)
         folders[dirs[modality]] = {
             "files": len(names), "bytes": sum(size for size, _ in stats.values()),
@@ -121,7 +134,14 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
             "stats_sha1": _sha1(f"{name}\t{stats[name][0]}\t{stats[name][1]}" for name in names),
             "folder_mtime_ns": path.stat().st_mtime_ns,  # compared only for stores packed without stats_sha1
         }
-    return {"csv": csvs, "features": folders}
+    fingerprint: dict[str, Any] = {"csv": csvs, "features": folders}
+    if unreadable:
+        fingerprint["unreadable"] = unreadable
+    return fingerprint
+
+
+def _reason(err: OSError) -> str:
+    return "permission denied" if isinstance(err, PermissionError) else str(err.strerror or err)
 
 
 def _sha1(lines: Iterable[str]) -> str:
@@ -233,8 +253,9 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
     unknown = [s for s in splits if s not in SPLIT_FILES]
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLIT_FILES)}")
-    if not root.is_dir():
-        raise DataError(f"{root}: no such dataset folder")
+    problem = folder_problem(root)
+    if problem:
+        raise DataError(f"{root}: {problem} (the dataset root, in the official LLP layout)")
     target = followed(out)  # where a symbolic link points
     if target.exists() and not target.is_dir():
         raise DataError(f"{out}: a file, not a store folder")
@@ -243,6 +264,7 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
                         f"(default: ROOT/{DEFAULT_STORE_DIR})")
     options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
+    raise_problems(before.get("unreadable", []), what=f"LLP dataset at {root} (nothing packed)")
     index: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION,
                              "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "options": options, "fingerprint": before, "splits": {}}
@@ -358,6 +380,9 @@ def stale_reasons(index: dict[str, Any], root: str | Path) -> Optional[list[str]
     else what changed in them.
     """
     now = source_fingerprint(root, index["options"]["dirs"])
+    if now.get("unreadable"):
+        raise DataError(f"cannot check that the store is up to date with {root}: "
+                        + "; ".join(now["unreadable"]) + " (give read permission)")
     if any(v is not None for v in now["features"].values()):
         return fingerprint_changes(index["fingerprint"], now)
     if all(v is None for v in now["csv"].values()):
