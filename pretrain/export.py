@@ -145,7 +145,7 @@ def export_features(
             for start in range(0, len(filenames), batch_size):
                 chunk = filenames[start:start + batch_size]
                 # (B, T, Da) and (B, T, Dv); frame features are mean-pooled to T snippets
-                audio = load_features(root / audio_dir, chunk, hp.num_segments, hp.audio_dim)
+                audio = load_features(root / audio_dir, chunk, hp.num_segments, hp.audio_dim, per_segment=True)
                 visual = load_features(root / visual_dir, chunk, hp.num_segments, hp.visual_dim)
                 audio_emb, visual_emb = module(
                     torch.from_numpy(audio).to(torch_device), torch.from_numpy(visual).to(torch_device)

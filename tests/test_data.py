@@ -399,7 +399,7 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     message = _error(root)
     assert f"{audio / ids[0]}.npy: missing feature file for video '{_line(root, 'AVVP_train.csv', 2)[0]}' " \
            f"({root / 'AVVP_train.csv'}, line 2)" in message
-    assert f"{audio / ids[1]}.npy: wrong shape (9, 32), expected (10*k, 32)" in message
+    assert f"{audio / ids[1]}.npy: wrong shape (9, 32), expected (10, 32): one row per segment" in message
     assert f"{visual / ids[2]}.npy: contains NaN values" in message
     assert f"{audio / ids[3]}.npy: contains inf values" in message
     assert f"{visual / ids[4]}.npy: not a readable .npy file, truncated or corrupt" in message
@@ -407,10 +407,18 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     assert f"{audio / ids[6]}.npy: dtype int64, expected float32" in message
     assert len(check_dataset(root, **DIMS)) == 7
     np.save(audio / f"{ids[1]}.npy", np.zeros((10, 31), np.float32))  # the width is checked too
-    assert "wrong shape (10, 31), expected (10*k, 32)" in _error(root)
+    assert "wrong shape (10, 31), expected (10, 32)" in _error(root)
+    np.save(audio / f"{ids[1]}.npy", np.zeros((80, 32), np.float32))  # frames are for the visual features only
+    assert f"{audio / ids[1]}.npy: wrong shape (80, 32), expected (10, 32): one row per segment" in _error(root)
+    np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
+    np.save(visual / f"{ids[1]}.npy", np.zeros((75, 32), np.float32))
+    assert f"{visual / ids[1]}.npy: wrong shape (75, 32), expected (10*k, 32) for a whole k >= 1" in _error(root)
+    np.save(visual / f"{ids[1]}.npy", np.full((80, 32), 3e38, np.float32))  # finite, but their sum is not
+    assert f"{visual / ids[1]}.npy: values too large (up to 3e+38): the mean of its frames overflows" in _error(root)
     message = _error(root, audio_dim=128)  # every audio file is 32 wide: a hint says what to set
-    assert f"{audio}: 30 files are 32 wide where 128 is expected; if they are the features you want, " \
-           "set this folder's feature size (--data.*_dim) to 32" in message
+    assert f"{audio}: 31 files are 32 wide where 128 is expected; if they are the features you want, " \
+           "set this folder's feature size to 32 (--data.audio_dim, visual_dim or motion_dim; avvp-data: --audio-dim" \
+           in message
 
 
 def test_video_in_two_splits(root: Path) -> None:

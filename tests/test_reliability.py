@@ -119,7 +119,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing_feature_file": (lambda r: _feature(r).unlink(),
                              r"vggish/[^ ]+\.npy: missing feature file for video '[^']+' \(.*AVVP_train\.csv, line 2\)"),
     "wrong_feature_shape": (lambda r: _save_feature(r, np.zeros((9, 16), np.float32)),
-                            r"vggish/[^ ]+\.npy: wrong shape \(9, 16\), expected \(10\*k, 16\)"),
+                            r"vggish/[^ ]+\.npy: wrong shape \(9, 16\), expected \(10, 16\): one row per segment"),
     "wrong_feature_width": (lambda r: _save_feature(r, np.zeros((10, 17), np.float32)),
                             r"vggish/[^ ]+\.npy: wrong shape \(10, 17\)"),
     "nan_values": (lambda r: _with_value(r, np.nan), r"vggish/[^ ]+\.npy: contains NaN values"),

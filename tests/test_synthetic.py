@@ -202,6 +202,10 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert main(["check", str(root), *dims]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and re.search(r"test\s+3 videos", out) and "(80, 32) float32" in out
+    for bad in (["--num-segments", "0"], ["--audio-dim", "-1"]):  # sizes are whole numbers >= 1: a usage error
+        with pytest.raises(SystemExit) as info:
+            main(["check", str(root), *dims, *bad])
+        assert info.value.code == 2 and "must be >= 1" in capsys.readouterr().err
     assert main(["generate", str(root), "--small-dims"]) == 2  # exists
     assert "already exists" in capsys.readouterr().err
     vid = video_id((root / "AVVP_val_pd.csv").read_text().splitlines()[1])

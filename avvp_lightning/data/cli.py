@@ -126,15 +126,23 @@ def _default(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a size or a count)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_layout(parser: argparse.ArgumentParser, splits_help: str) -> None:
     """Options naming an LLP root's splits, feature folders and sizes (``check``, ``pack``)."""
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
                         help=splits_help)
     for modality in ("audio", "visual", "motion"):
         parser.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
-        parser.add_argument(f"--{modality}-dim", type=int, default=FEATURE_DIMS[modality],
+        parser.add_argument(f"--{modality}-dim", type=positive_int, default=FEATURE_DIMS[modality],
                             help=f"{modality} feature size")
-    parser.add_argument("--num-segments", type=int, default=NUM_SEGMENTS, help="segments per video")
+    parser.add_argument("--num-segments", type=positive_int, default=NUM_SEGMENTS, help="segments per video")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,15 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="write a synthetic LLP dataset in the official layout",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common(gen)
-    gen.add_argument("--train", type=int, default=600, help="training videos (weak labels)")
-    gen.add_argument("--val", type=int, default=100, help="validation videos (weak labels + dense truth)")
-    gen.add_argument("--test", type=int, default=150, help="test videos (weak labels + dense truth)")
+    gen.add_argument("--train", type=positive_int, default=600, help="training videos (weak labels)")
+    gen.add_argument("--val", type=positive_int, default=100, help="validation videos (weak labels + dense truth)")
+    gen.add_argument("--test", type=positive_int, default=150, help="test videos (weak labels + dense truth)")
     gen.set_defaults(func=_generate)
 
     snip = commands.add_parser("generate-snippets", help="write a synthetic unlabeled pretraining set",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common(snip)
-    snip.add_argument("--videos", type=int, default=800, help="number of videos")
+    snip.add_argument("--videos", type=positive_int, default=800, help="number of videos")
     snip.set_defaults(func=_generate_snippets)
 
     check = commands.add_parser("check", help="list every problem of an LLP root (exit 1 if any)",

@@ -410,7 +410,7 @@ class SnippetDataModule(pl.LightningDataModule):
             tensors = {}
             for key, folder, dim in (("audio", hp.audio_dir, hp.audio_dim), ("visual", hp.visual_dir, hp.visual_dim)):
                 array = load_features(root / folder, names, hp.num_segments, dim, pool=True, problems=problems,
-                                      listed_in=where)  # (N, T, D)
+                                      listed_in=where, per_segment=key == "audio")  # (N, T, D)
                 tensors[key] = torch.from_numpy(array)
             self.datasets[split] = VideoDataset(names, tensors)
         raise_problems(problems, what=f"snippet dataset at {root}")

@@ -266,8 +266,8 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[int],
-              found: list[str], seen: Counter) -> Optional[np.ndarray]:
-    """One feature file as float32 ``(k*T, D)``, or None (with the problem recorded).
+              found: list[str], seen: Counter, per_segment: bool = False) -> Optional[np.ndarray]:
+    """One feature file as float32 ``(k*T, D)`` (``(T, D)`` with ``per_segment``), or None (with the problem recorded).
 
     ``seen`` counts float64 casts (``"float64"``) and the widths of files rejected for their width.
     """
@@ -295,9 +295,10 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         found.append(f"{path}: wrong shape {array.shape}, expected ({rows}, {width}) like the other files")
         return None
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[0] % num_segments or \
-            (dim is not None and array.shape[1] != dim):
-        found.append(f"{path}: wrong shape {array.shape}, expected ({num_segments}*k, {width}) for a whole "
-                     f"k >= 1, e.g. ({num_segments}, {width}) or ({8 * num_segments}, {width})")
+            (per_segment and array.shape[0] != num_segments) or (dim is not None and array.shape[1] != dim):
+        found.append(f"{path}: wrong shape {array.shape}, expected ({num_segments}, {width}): one row per segment"
+                     if per_segment else f"{path}: wrong shape {array.shape}, expected ({num_segments}*k, {width}) "
+                     f"for a whole k >= 1, e.g. ({num_segments}, {width}) or ({8 * num_segments}, {width})")
         if array.ndim == 2 and dim is not None and array.shape[1] != dim:
             seen[("width", array.shape[1])] += 1
         return None
@@ -314,8 +315,12 @@ _WARNED_FLOAT64: set[str] = set()  # folders already warned about, once per proc
 
 def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
                   dim: Optional[int] = None, pool: bool = True, *, problems: list[str],
-                  listed_in: Optional[Sequence[str]] = None) -> Iterator[tuple[int, Optional[np.ndarray]]]:
+                  listed_in: Optional[Sequence[str]] = None,
+                  per_segment: bool = False) -> Iterator[tuple[int, Optional[np.ndarray]]]:
     """Yield ``(i, features)`` per filename: ``(T, D)`` pooled, ``(k*T, D)`` unpooled, None if bad.
+
+    With ``per_segment`` (audio, 3D motion) a file must have exactly ``T`` rows, one per segment;
+    else any ``k*T`` (visual: 8 frames per segment).
 
     Problems go to ``problems``; ``listed_in[i]`` (e.g. ``"AVVP_train.csv, line 5"``) says where a
     video whose file is missing was listed. float64 files are cast, with one warning per folder;
@@ -341,20 +346,24 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
             where = f" ({listed_in[i]})" if listed_in is not None else ""
             problems.append(f"{path}: missing feature file for video '{name}'{where}")
         else:
-            array = _read_npy(path, num_segments, dim, rows, problems, seen)  # (k*T, D)
+            array = _read_npy(path, num_segments, dim, rows, problems, seen, per_segment)  # (k*T, D)
         if array is not None:
             dim = array.shape[1]
             rows = None if pool else array.shape[0]
             if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows
-                array = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
+                pooled = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
+                if not np.isfinite(pooled).all():  # values near float32's limit: their sum overflowed
+                    problems.append(f"{path}: values too large (up to {np.abs(array).max():.3g}): the mean of its "
+                                    "frames overflows float32")
+                array = pooled if np.isfinite(pooled).all() else None
         if vid in repeated:
             cache[vid] = array
         yield i, array
     widths = Counter({key[1]: n for key, n in seen.items() if isinstance(key, tuple)}).most_common(1)
     if widths and widths[0][1] > 1:  # the likely cause first: features of another size
         problems.insert(first_problem, f"{folder}: {widths[0][1]} files are {widths[0][0]} wide where {dim} is "
-                        f"expected; if they are the features you want, set this folder's feature size (--data.*_dim) to "
-                        f"{widths[0][0]}")
+                        f"expected; if they are the features you want, set this folder's feature size to "
+                        f"{widths[0][0]} (--data.audio_dim, visual_dim or motion_dim; avvp-data: --audio-dim, ...)")
     if seen["float64"] and str(folder) not in _WARNED_FLOAT64:
         _WARNED_FLOAT64.add(str(folder))
         warnings.warn(f"{folder}: {seen['float64']} float64 feature file(s) cast to float32 (warned once per "
@@ -363,16 +372,18 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
 
 def load_features(folder: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
                   dim: Optional[int] = None, pool: bool = True, *, problems: Optional[list[str]] = None,
-                  listed_in: Optional[Sequence[str]] = None) -> np.ndarray:
+                  listed_in: Optional[Sequence[str]] = None, per_segment: bool = False) -> np.ndarray:
     """Load ``folder/<video_id>.npy`` of every filename into one ``(N, T, D)`` float32 array.
 
     A file with ``k*T`` rows (ResNet152: 80 frames) is mean-pooled over each ``k`` consecutive rows
-    when ``pool``; with ``pool=False`` the result is ``(N, k*T, D)``. ``dim=None`` takes the width of
-    the first file. Rows of bad files are zeros when ``problems`` collects their problems.
+    when ``pool``; with ``pool=False`` the result is ``(N, k*T, D)``; with ``per_segment`` (audio,
+    3D motion) a file must have ``T`` rows. ``dim=None`` takes the width of the first file. Rows of
+    bad files are zeros when ``problems`` collects their problems.
     """
     found: list[str] = []
     out: Optional[np.ndarray] = None
-    for i, array in iter_features(folder, filenames, num_segments, dim, pool, problems=found, listed_in=listed_in):
+    for i, array in iter_features(folder, filenames, num_segments, dim, pool, problems=found, listed_in=listed_in,
+                                  per_segment=per_segment):
         if array is not None:
             if out is None:
                 out = np.zeros((len(filenames), *array.shape), dtype=np.float32)  # (N, T or kT, D)
@@ -478,12 +489,15 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
                                         ("visual", visual_dir, visual_dim, pool_visual),
                                         ("motion", motion_dir, motion_dim, True)):
         array = np.zeros((len(names), num_segments if keep else 0, (dim or 0) if keep else 0), np.float32)
-        if not (root / folder).is_dir():
-            found.append(f"{root / folder}: feature folder not found ({modality} features)")
+        problem, exact = folder_problem(root / folder), modality != "visual"  # audio, motion: one row per segment
+        if problem:
+            found.append(f"{root / folder}: feature folder {problem} ({modality} features)")
         elif keep:
-            array = load_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where)
+            array = load_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where,
+                                  per_segment=exact)
         else:  # check only: read and validate each file, keep nothing
-            for _ in iter_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where):
+            for _ in iter_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where,
+                                   per_segment=exact):
                 pass
         feats[modality] = _split_rows(array, sizes)
 
