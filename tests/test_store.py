@@ -97,8 +97,12 @@ def test_stale_store_names_what_changed(root: Path) -> None:
     _dm(root, store="packed").setup("fit")  # up to date: the copy kept the mtimes
     with open(root / "AVVP_train.csv", "a") as f:
         f.write("\n")
-    with pytest.raises(DataError, match=r"out of date(.|\n)*AVVP_train\.csv: \d+ -> \d+ bytes(.|\n)*avvp-data pack"):
+    with pytest.raises(DataError, match=r"out of date(.|\n)*AVVP_train\.csv: \d+ -> \d+ bytes(.|\n)*avvp-data pack") as info:
         _dm(root, store="packed").setup("fit")
+    command = str(info.value).rsplit("rebuild it: ", 1)[1]  # with the store's sizes: it works as printed
+    assert command.endswith("--audio-dim 32 --visual-dim 32 --motion-dim 16")
+    assert data_main(command.split()[1:]) == 0
+    _dm(root, store="packed").setup("fit")
 
 
 def test_stale_store_sees_touched_and_added_feature_files(root: Path) -> None:

@@ -424,6 +424,7 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     if mismatch:
         raise DataError(f"{store}: packed with other options: " + "; ".join(mismatch))
     source = Path(root).expanduser() if root is not None else Path(index["source"])
+    rebuild = pack_command(source, store, packed, index["splits"])
     reasons = stale_reasons(index, source)
     if reasons is None:
         warnings.warn(f"{store}: the feature folders of its source are not under {source}; using the store "
@@ -433,16 +434,32 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
         raise DataError(f"{store}: packed from {index['source']}, not from {source}, whose files differ "
                         f"({'; '.join(reasons)}). If {source} is another dataset, give --data.store its own "
                         f"store (`avvp-data pack {source}` writes {source / DEFAULT_STORE_DIR}); if it is this "
-                        f"one, moved or changed, rebuild: avvp-data pack {source} --out {store} --overwrite")
+                        f"one, moved or changed, rebuild: {rebuild}")
     elif reasons:
         raise DataError(f"{store} is out of date: {source} changed since it was packed ({index['created']}):\n"
                         + "\n".join(f"  - {r}" for r in reasons)
-                        + f"\nrebuild it: avvp-data pack {source} --out {store} --overwrite")
+                        + f"\nrebuild it: {rebuild}")
     missing = [s for s in splits if s not in index["splits"]]
     if missing:
         raise DataError(f"{store}: no split(s) {', '.join(missing)} (packed: {', '.join(index['splits'])}); "
-                        f"pack them with `avvp-data pack {source} --out {store} --overwrite`")
+                        f"pack them with `{pack_command(source, store, packed, [*index['splits'], *missing])}`")
     return {split: _load_split(store, split, index["splits"][split]) for split in splits}
+
+
+def pack_command(source: Path, store: Path, options: dict[str, Any], splits: Iterable[str]) -> str:
+    """The ``avvp-data pack`` command that rebuilds ``store`` with its ``options`` and ``splits``."""
+    words = ["avvp-data pack", str(source), "--out", str(store), "--overwrite"]
+    for m in MODALITIES:
+        if options["dirs"][m] != _normalized_dir(FEATURE_DIRS[m]):
+            words += [f"--{m}-dir", options["dirs"][m]]
+        if options["dims"][m] is not None and options["dims"][m] != FEATURE_DIMS[m]:
+            words += [f"--{m}-dim", str(options["dims"][m])]
+    if options["num_segments"] != NUM_SEGMENTS:
+        words += ["--num-segments", str(options["num_segments"])]
+    chosen = [s for s in SPLIT_FILES if s in set(splits)]
+    if chosen != list(SPLIT_FILES):
+        words += ["--splits", *chosen]
+    return " ".join(words)
 
 
 def _load_split(store: Path, split: str, entry: dict[str, Any]) -> SplitData:
