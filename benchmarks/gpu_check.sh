@@ -6,12 +6,13 @@
 #      store held on the GPU, timed from the command's start to its end, then its test;
 #   3. benchmarks/train_throughput.py on 10,000 videos with case F-eager (no CUDA graphs).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (DATA=where the ~9 GB of generated data go, in
-# a folder avvp_gpu_check of their own, removed after use;
+# a folder avvp_gpu_check of their own, removed after use, also after a failure or Ctrl-C;
 # TRAIN, VAL, TEST and DEVICE=cpu make a small smoke run of the same steps (VAL sizes the
 # 40-epoch fit's validation set; the benchmark validates its fits on 100 videos); EAGER=1 adds
 # the 40-epoch fit without CUDA graphs, --model.cuda_graphs=false; BENCH=0 skips the benchmark).
 # The avvp-* commands come from PATH, else from the repository's .venv (made by .ci/setup.sh).
-set -u
+# Exit status: 0 when every step succeeded, else 1, after all steps ran (the failed ones are named).
+set -u -o pipefail
 OUT=${1:-gpu_check}
 DATA=${DATA:-/tmp}/avvp_gpu_check
 TRAIN=${TRAIN:-10000} VAL=${VAL:-649} TEST=${TEST:-1200} DEVICE=${DEVICE:-cuda}
@@ -24,6 +25,13 @@ if ! command -v avvp-finetune > /dev/null && [ -x .venv/bin/avvp-finetune ]; the
 fi
 command -v avvp-finetune > /dev/null || { echo "avvp-finetune not found: activate the environment where avvp-lightning is installed" >&2; exit 1; }
 seconds() { echo "$(( ($(date +%s%N) - $1) / 1000000 ))" | sed -E 's/([0-9]{3})$/.\1/'; }
+failed=()
+check() {  # STATUS WHAT: remember a failed step
+    if [ "$1" != 0 ]; then failed+=("$2 (exit $1)"); echo "FAILED: $2 (exit $1)" | tee -a "$OUT/failed.txt" >&2; fi
+}
+rm -f "$OUT/failed.txt"
+trap 'rm -rf "$DATA"' EXIT
+trap 'exit 130' INT TERM  # (the EXIT trap removes the data)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, '| lightning', pl.__version__)" \
@@ -31,16 +39,19 @@ python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__versio
 
 echo "== 1. CUDA tests"
 # PYTHONSAFEPATH: import the installed package, not the repository's folder of the same name
-PYTHONSAFEPATH=1 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -n 15 \
-    | tee "$OUT/tests.txt"
+PYTHONSAFEPATH=1 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py > "$OUT/tests.log" 2>&1
+check $? "CUDA tests ($OUT/tests.log)"
+tail -n 15 "$OUT/tests.log" | tee "$OUT/tests.txt"
 
 echo "== 2. 40 epochs at LLP's size ($TRAIN train videos)"
 rm -rf "$DATA"
 start=$(date +%s%N)
 avvp-data generate "$DATA/llp" --train "$TRAIN" --val "$VAL" --test "$TEST" && avvp-data pack "$DATA/llp"
-echo "data generated and packed in $(seconds "$start") s" | tee "$OUT/llp40.txt"
+status=$?
+check $status "generate and pack"
+echo "data generated and packed in $(seconds "$start") s (exit $status)" | tee "$OUT/llp40.txt"
 fit=(--data.root "$DATA/llp" --data.store packed --data.device_resident=true --trainer.enable_progress_bar=false
-     --run.output_dir "$DATA/runs")
+     --trainer.accelerator "$DEVICE" --run.output_dir "$DATA/runs")
 curve='
 import sys
 from pathlib import Path
@@ -56,17 +67,29 @@ run40() {  # NAME [ARGS...]: a timed 40-epoch fit, its validation curve, its tes
     start=$(date +%s%N)
     timeout 400 avvp-finetune fit "${fit[@]}" --run.name "$name" "$@" > "$OUT/$name.log" 2>&1
     status=$?
+    check $status "$name fit ($OUT/$name.log)"
     echo "$name: avvp-finetune fit, 40 epochs $*: exit $status, $(seconds "$start") s wall" | tee -a "$OUT/llp40.txt"
     grep -E "cuda_graphs|Error|UserWarning" "$OUT/$name.log" | tail -n 5 | tee -a "$OUT/llp40.txt"
-    python3 -c "$curve" "$DATA/runs/$name/seed0" | tee -a "$OUT/llp40.txt"
-    timeout 120 avvp-finetune test "${fit[@]}" --run.name "$name" --ckpt_path best 2>&1 | grep -A3 "Type@AV" \
-        | tee -a "$OUT/llp40.txt"
+    python3 -c "$curve" "$DATA/runs/$name/seed0" 2>&1 | tee -a "$OUT/llp40.txt"
+    check $? "$name validation curve"
+    timeout 120 avvp-finetune test "${fit[@]}" --run.name "$name" --ckpt_path best > "$OUT/$name-test.log" 2>&1
+    check $? "$name test ($OUT/$name-test.log)"
+    grep -A3 "Type@AV" "$OUT/$name-test.log" | tee -a "$OUT/llp40.txt"
 }
 run40 llp40
 [ "${EAGER:-0}" = 1 ] && run40 llp40-eager --model.cuda_graphs=false  # for comparison
 rm -rf "$DATA"
 
-[ "${BENCH:-1}" = 1 ] || exit 0
-echo "== 3. throughput benchmark"
-timeout 420 python3 benchmarks/train_throughput.py --device "$DEVICE" --videos "$TRAIN" --test-videos "$TEST" \
-    --epochs 1 --eager-fit --data "$(dirname "$DATA")" 2>&1 | grep -v -E "Warning|warn\(|^\s*$" | tee "$OUT/bench.txt"
+if [ "${BENCH:-1}" = 1 ]; then
+    echo "== 3. throughput benchmark"
+    timeout 420 python3 benchmarks/train_throughput.py --device "$DEVICE" --videos "$TRAIN" --test-videos "$TEST" \
+        --epochs 1 --eager-fit --data "$DATA" > "$OUT/bench.log" 2>&1
+    check $? "throughput benchmark ($OUT/bench.log)"
+    grep -v -E "Warning|warn\(|^\s*$" "$OUT/bench.log" | tee "$OUT/bench.txt"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "gpu_check: ${#failed[@]} step(s) failed:" >&2
+    printf '  - %s\n' "${failed[@]}" >&2
+    exit 1
+fi
+echo "gpu_check: every step succeeded"

@@ -131,17 +131,25 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(args: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1200, 12000],
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1200, 12000],
                         help="numbers of videos N")
-    parser.add_argument("--segments", type=int, default=10, help="T")
-    parser.add_argument("--classes", type=int, default=25, help="C")
-    parser.add_argument("--loop-max", type=int, default=12000,
+    parser.add_argument("--segments", type=positive_int, default=10, help="T")
+    parser.add_argument("--classes", type=positive_int, default=25, help="C")
+    parser.add_argument("--loop-max", type=positive_int, default=12000,
                         help="time the loop on at most this many videos and extrapolate linearly")
-    parser.add_argument("--repeats", type=int, default=5, help="vectorized runs (best is reported)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="vectorized runs (best is reported)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     opts = parser.parse_args(args)
     device = torch.device(opts.device)

@@ -29,7 +29,8 @@ synthetic LLP set at the real feature sizes, generated into a temporary folder::
         and ours (store, batch 64, vectorized metrics).
 
 After the timed epochs every case's model is scored on the test videos (segment Type@AV), so
-that the cases can be seen to learn the same thing.
+that the cases can be seen to learn the same thing: each has trained the same number of epochs
+(the A epochs timed next to each fit epoch are timings only, undone afterwards).
 
 Cases are timed in rounds (one epoch of each case per round), so background load hits all alike;
 the median epoch is reported. Usage::
@@ -41,8 +42,10 @@ the median epoch is reported. Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import pickle
+import signal
 import statistics
 import subprocess
 import sys
@@ -186,7 +189,8 @@ class Case:
         return len(label)
 
     def warm_up(self, steps: int = 3) -> float:
-        """A few untimed steps (compilation, allocator, caches); returns their duration."""
+        """A few untimed training steps (compilation, allocator, caches); returns their duration."""
+        self.model.train()
         start = time.perf_counter()
         for i, batch in enumerate(self.batches()):
             if i == steps:
@@ -196,7 +200,14 @@ class Case:
         return time.perf_counter() - start
 
     def epoch(self, record: bool = True) -> float:
-        """One timed epoch; returns its videos/s, also kept in ``rates`` when ``record``."""
+        """One timed epoch; returns its videos/s.
+
+        With ``record`` the rate is kept in ``rates`` and the epoch counts as training; without, it
+        is a timing only: the weights, the optimizer's state and the random state are put back
+        afterwards, so every case's model is scored after the same number of epochs.
+        """
+        kept = None if record else (copy.deepcopy(self.model.state_dict()),
+                                    copy.deepcopy(self.optimizer.state_dict()), torch.get_rng_state())
         self.model.train()
         _sync(self.device)
         start, videos = time.perf_counter(), 0
@@ -204,9 +215,13 @@ class Case:
             videos += self.step(batch)
         _sync(self.device)
         seconds = time.perf_counter() - start
-        if record:
+        if kept is None:
             self.rates.append(videos / seconds)
             self.epoch_s.append(seconds)
+        else:
+            self.model.load_state_dict(kept[0])
+            self.optimizer.load_state_dict(kept[1])
+            torch.set_rng_state(kept[2])
         return videos / seconds
 
 
@@ -377,7 +392,7 @@ class RemoteCase:
         return self.worker.call("warm_up", self.key)
 
     def epoch(self, record: bool = True) -> float:
-        rate, seconds = self.worker.call("epoch", self.key)
+        rate, seconds = self.worker.call("epoch", self.key, record)
         if record:
             self.rates.append(rate)
             self.epoch_s.append(seconds)
@@ -422,8 +437,9 @@ def reference_worker() -> None:
             elif command == "warm_up":
                 value = cases[args[0]].warm_up()
             elif command == "epoch":
-                case = cases[args[0]]
-                value = (case.epoch(), case.epoch_s[-1])
+                case, start = cases[args[0]], time.perf_counter()
+                rate = case.epoch(record=args[1])
+                value = (rate, case.epoch_s[-1] if args[1] else time.perf_counter() - start)
             elif command == "state_dict":
                 value = {k: v.cpu() for k, v in cases[args[0]].model.state_dict().items()}
             elif command == "evaluate_reference":
@@ -440,14 +456,29 @@ def reference_worker() -> None:
 
 
 # ------------------------------------------------------------------------------------------ main
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the temporary data is removed, the worker stopped
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--videos", type=int, default=2000, help="training videos (synthetic, real feature sizes)")
-    parser.add_argument("--val-videos", type=int, default=100, help="validation videos (for the fit cases)")
-    parser.add_argument("--test-videos", type=int, default=1200, help="videos of the full evaluation (LLP test: 1200)")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (rounds) per case; the median is shown")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--videos", type=positive_int, default=2000,
+                        help="training videos (synthetic, real feature sizes)")
+    parser.add_argument("--val-videos", type=positive_int, default=100, help="validation videos (for the fit cases)")
+    parser.add_argument("--test-videos", type=positive_int, default=1200,
+                        help="videos of the full evaluation (LLP test: 1200)")
+    parser.add_argument("--epochs", type=positive_int, default=3,
+                        help="timed epochs (rounds) per case; the median is shown")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch intra-op threads")
     parser.add_argument("--ref-workers", type=int, default=None,
                         help="DataLoader workers of the reference design (default: 0 on CPU, HAN's 12 on GPU)")
     parser.add_argument("--skip-fit", action="store_true", help="skip the avvp-finetune fit cases")
@@ -460,7 +491,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="add case F-eager: F with --model.cuda_graphs=false (eager steps on a GPU too)")
     parser.add_argument("--data", default=None, help="folder for the generated data (default: a temporary one)")
     opts = parser.parse_args(argv)
-    device = torch.device(opts.device)
+    try:
+        device = torch.device(opts.device)
+    except RuntimeError as err:
+        parser.error(f"--device {opts.device}: {err}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {opts.device}: cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {opts.device}: no CUDA device is available to this torch ({torch.__version__})")
+    if opts.ref_workers is not None and opts.ref_workers < 0:
+        parser.error(f"--ref-workers must be >= 0, got {opts.ref_workers}")
+    if opts.data is not None:
+        try:
+            Path(opts.data).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--data {opts.data}: cannot make the folder ({err.strerror or err})")
     torch.set_num_threads(opts.threads)
     bf16 = native_bf16("gpu" if device.type == "cuda" else "cpu")  # bf16 autocast pays off (AVX512-BF16/AMX, GPU)
     workers = opts.ref_workers if opts.ref_workers is not None else (min(12, os.cpu_count() or 1)
@@ -472,8 +517,6 @@ def main(argv: list[str] | None = None) -> None:
           + ("freed memory kept for ours, glibc defaults for the reference (a process of its own)" if reused
              else "the C library's defaults for all (not glibc)"), flush=True)
 
-    if opts.data is not None:
-        Path(opts.data).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=opts.data) as tmp:
         root = Path(tmp) / "llp"
         start = time.perf_counter()
@@ -520,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
                 args = [batch[k].to(device) for k in ("audio", "visual", "motion")]
                 torch.manual_seed(0)  # A's initial weights, as the worker's Case builds them
                 ref_out = ReferenceParser(True, architecture="han").to(device).eval()(*args)["video_prob"]
-                pooled = args[1].view(4, 10, 8, -1).mean(2)
+                pooled = args[1].view(len(args[1]), 10, 8, -1).mean(2)  # (B, 80, D) -> (B, 10, D)
                 for case in cases[1:3]:  # B0 (stock pieces), B (ours): pooled input
                     fast_out = case.model.eval()(args[0], pooled, args[2])["video_prob"]
                     torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
@@ -577,11 +620,11 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
             rate[key] = statistics.median(timer.rates)
             label = "avvp-finetune fit, " + {"F": "paper model + settings", "F-HAN": "HAN model",
                                              "F+comp": "paper model, compiled",
-                                             "F-eager": "paper model, no CUDA graphs"}[key]
+                                             "F-eager": "paper model, eager steps"}[key]
             rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
                          rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
     print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "
-          f"(min-max); fits: median of {opts.epochs} after a warm-up epoch")
+          f"(min-max)" + (f"; fits: median of {opts.epochs} after a warm-up epoch" if fits else ""))
     print(f"{'':<8}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
           f"{'epoch s':>9}{'vs A':>7}   range")
     for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
@@ -624,4 +667,8 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
 
 
 if __name__ == "__main__":
-    reference_worker() if sys.argv[1:] == ["--reference-worker"] else main()
+    if sys.argv[1:] == ["--reference-worker"]:
+        reference_worker()
+    else:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # e.g. `timeout`: clean up as after Ctrl-C
+        main()

@@ -50,6 +50,27 @@ def test_train_throughput_runs_every_case_and_prints_paired_ratios(tmp_path: Pat
     assert re.search(r"ours \(store.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
 
 
+def test_timing_only_epochs_leave_the_case_as_it_was() -> None:
+    bench = _load("train_throughput")
+    torch.manual_seed(1)
+    batch = {"audio": torch.randn(4, 10, 128), "visual": torch.randn(4, 10, 2048), "motion": torch.randn(4, 10, 512),
+             "label": (torch.rand(4, 25) < 0.2).float()}
+    case = bench.Case("B", "", "", False, 4, False, lambda: [batch], torch.device("cpu"), stock=False)
+
+    def weights() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in case.model.parameters()]
+
+    before = weights()
+    case.epoch(record=False)  # the A epochs timed next to each fit epoch: not training
+    assert all(torch.equal(a, b) for a, b in zip(before, weights())) and case.rates == []
+    case.epoch()
+    assert not all(torch.equal(a, b) for a, b in zip(before, weights())) and len(case.rates) == 1
+    torch.manual_seed(1)
+    fresh = bench.Case("B", "", "", False, 4, False, lambda: [batch], torch.device("cpu"), stock=False)
+    fresh.epoch()  # the same training without the timing-only epoch: optimizer and random state were put back
+    assert all(torch.equal(a, p) for a, p in zip(weights(), fresh.model.parameters()))
+
+
 def test_metrics_benchmark_agrees_with_the_loop(capsys) -> None:
     bench = _load("metrics")
     threads = torch.get_num_threads()
