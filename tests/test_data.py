@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -125,6 +126,16 @@ def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     problems: list[str] = []
     names, labels = read_weak_labels(tmp_path / "s.csv", problems=problems)
     assert len(problems) == 2 and names[:2] == ["abcdefghijk_0_10", "bcdefghijkl_0_10"]
+
+
+def test_rows_with_extra_fields_are_named_by_line(tmp_path: Path) -> None:
+    for where in (2, 3):  # pandas warns on the first data row and fails on a later one: the same problem
+        lines = ["filename\tevent_labels", "abcdefghijk_0_10\tSpeech", "bcdefghijkl_0_10\tDog"]
+        lines[where - 1] += "\tCat"
+        (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path / 's.csv'}: 1 row(s) with more tab-separated "
+                                                      f"fields than the header's 2: line {where} (3 fields)")):
+            read_weak_labels(tmp_path / "s.csv")
 
 
 def test_dense_rows_with_bad_numbers_or_labels(tmp_path: Path) -> None:

@@ -86,6 +86,21 @@ def folder_problem(folder: Path) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------- CSV files
+def _extra_fields(path: Path) -> Optional[str]:
+    """The lines of a CSV with more tab-separated fields than its header, as one problem (None if none)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    width = lines[0].count("\t") + 1 if lines else 0
+    extra = [(n, line.count("\t") + 1) for n, line in enumerate(lines[1:], start=2) if line.count("\t") + 1 > width]
+    if not extra:
+        return None
+    shown = ", ".join(f"line {n} ({fields} fields)" for n, fields in extra[:5]) + (" ..." if len(extra) > 5 else "")
+    return (f"{path}: {len(extra)} row(s) with more tab-separated fields than the header's {width}: {shown} "
+            "(a tab inside a value?)")
+
+
 def _read_table(path: Path, columns: Sequence[str], found: list[str],
                 optional: Sequence[str] = ()) -> Optional[pd.DataFrame]:
     """Read a tab-separated CSV as strings; returns None (and records why) when unusable.
@@ -104,7 +119,10 @@ def _read_table(path: Path, columns: Sequence[str], found: list[str],
     except pd.errors.EmptyDataError:
         found.append(f"{path}: empty file (expected a header line: {' '.join(columns)})")
         return None
-    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError, ValueError, OSError) as err:
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as err:
+        found.append(_extra_fields(path) or f"{path}: not a readable tab-separated CSV ({type(err).__name__}: {err})")
+        return None
+    except (UnicodeDecodeError, ValueError, OSError) as err:
         found.append(f"{path}: not a readable tab-separated CSV ({type(err).__name__}: {err})")
         return None
     table.columns = [str(c).strip() for c in table.columns]  # as the values: "filename " is filename
