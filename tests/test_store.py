@@ -376,6 +376,12 @@ def test_pack_overwrite_replaces_only_a_store(root: Path, tmp_path: Path, capsys
     assert data_main(["pack", str(tmp_path / "nowhere"), *dims]) == 2
     assert f"{tmp_path / 'nowhere'}: not found (the dataset root" in capsys.readouterr().err \
         and not (tmp_path / "nowhere").exists()
+    (root / "packed" / "NOTES.txt").write_text("mine")  # the user's file in a store: an overwrite would delete it
+    (root / "packed" / "val" / "extra.npy").write_bytes(b"")
+    assert data_main(["pack", str(root), "--overwrite", *dims]) == 2
+    assert (f"{root / 'packed'}: holds files that are not the store's (NOTES.txt, val/extra.npy); move them out"
+            in capsys.readouterr().err)
+    assert (root / "packed" / "NOTES.txt").read_text() == "mine"
 
 
 def test_store_values_and_index_are_checked(root: Path) -> None:

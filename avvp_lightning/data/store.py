@@ -262,6 +262,11 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
     if root.resolve().is_relative_to(target.resolve()):
         raise DataError(f"{out}: holds the dataset {root}; a store needs a folder of its own "
                         f"(default: ROOT/{DEFAULT_STORE_DIR})")
+    foreign = _foreign_entries(target) if overwrite and target.is_dir() and is_store(target) else []
+    if foreign:  # the whole folder is replaced: what the user put in it would go with it
+        raise FileExistsError(f"{out}: holds files that are not the store's ({', '.join(foreign[:5])}"
+                              f"{' ...' if len(foreign) > 5 else ''}); move them out, then pack again "
+                              "(--overwrite replaces the whole folder)")
     options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
     raise_problems(before.get("unreadable", []), what=f"LLP dataset at {root} (nothing packed)")
@@ -301,6 +306,19 @@ def _arrays(data: SplitData) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _foreign_entries(folder: Path) -> list[str]:
+    """What a store folder holds besides its index and split folders of store arrays (relative names)."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == INDEX_FILE:
+            continue
+        if not (entry.is_dir() and entry.name in SPLIT_FILES):
+            foreign.append(entry.name)
+            continue
+        foreign += [f"{entry.name}/{f.name}" for f in sorted(entry.iterdir()) if f.name not in ARRAY_FILES]
+    return foreign
+
+
 def is_store(folder: Path) -> bool:
     """Whether ``folder`` holds a store written by :func:`pack_store`, the only folder ``overwrite`` replaces.
 
@@ -315,9 +333,7 @@ def is_store(folder: Path) -> bool:
         index = None
     if isinstance(index, dict) and "format" in index:
         return index["format"] == STORE_FORMAT
-    entries = [e for e in folder.iterdir() if e.name != INDEX_FILE]
-    return bool(entries) and all(
-        e.is_dir() and e.name in SPLIT_FILES and all(f.name in ARRAY_FILES for f in e.iterdir()) for e in entries)
+    return any(e.name != INDEX_FILE for e in folder.iterdir()) and not _foreign_entries(folder)
 
 
 # ------------------------------------------------------------------------------------- read
