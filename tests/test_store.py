@@ -225,6 +225,9 @@ def test_store_options_must_match(root: Path) -> None:
         read_store(root / "packed", ["train"], **{**DIMS, "audio_dim": 16})
     with pytest.raises(DataError, match="not a packed LLP store"):
         _dm(root, store=str(root / "nowhere")).setup("fit")
+    with pytest.raises(DataError, match=re.escape(f"--data.store nowhere: no such folder, neither "
+                                                  f"{Path('nowhere').absolute()} nor {root / 'nowhere'}")):
+        _dm(root, store="nowhere").setup("fit")  # relative: tried as given, then under the root
 
 
 def test_store_without_its_source_is_used_with_a_warning(root: Path, tmp_path: Path) -> None:

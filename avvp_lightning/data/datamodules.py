@@ -244,7 +244,13 @@ class LLPDataModule(pl.LightningDataModule):
         if self.hparams.store is None:
             return None
         store, given = Path(self.hparams.store).expanduser(), self.hparams.root
-        return store if store.is_absolute() or store.exists() or given is None else Path(given).expanduser() / store
+        if store.is_absolute() or store.exists() or given is None:
+            return store
+        under_root = Path(given).expanduser() / store
+        if not under_root.exists() and not store.is_absolute():
+            raise DataError(f"--data.store {self.hparams.store}: no such folder, neither {store.absolute()} nor "
+                            f"{under_root} (under --data.root); `avvp-data pack ROOT` writes ROOT/packed")
+        return under_root
 
     def prepare_data(self) -> None:
         if self.hparams.root is None and self.hparams.store is None:
