@@ -126,8 +126,9 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
     csvs = {}
     for path in map(Path, listed):
         try:
-            csvs[path.name] = file_sha256(path)
-        except OSError:  # a folder or a dangling link named *.csv, no permission
+            if path.is_file():  # not a folder, a dangling link or a FIFO (which would block the read)
+                csvs[path.name] = file_sha256(path)
+        except OSError:  # no permission
             continue
     features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
     content: dict[str, Any] = {"csv": csvs, "features": features}

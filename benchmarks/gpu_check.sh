@@ -24,14 +24,32 @@ if ! command -v avvp-finetune > /dev/null && [ -x .venv/bin/avvp-finetune ]; the
     export PATH="$PWD/.venv/bin:$PATH"
 fi
 command -v avvp-finetune > /dev/null || { echo "avvp-finetune not found: activate the environment where avvp-lightning is installed" >&2; exit 1; }
-seconds() { echo "$(( ($(date +%s%N) - $1) / 1000000 ))" | sed -E 's/([0-9]{3})$/.\1/'; }
+seconds() { local ms=$(( ($(date +%s%N) - $1) / 1000000 )); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
 failed=()
 check() {  # STATUS WHAT: remember a failed step
     if [ "$1" != 0 ]; then failed+=("$2 (exit $1)"); echo "FAILED: $2 (exit $1)" | tee -a "$OUT/failed.txt" >&2; fi
 }
+step=""
+timed() {  # SECONDS COMMAND...: COMMAND under `timeout`, in the background, so that a signal to this
+    timeout "$@" &  # script is handled at once (timeout runs COMMAND in a process group of its own)
+    step=$!
+    wait "$step"
+    local status=$?
+    step=""
+    return $status
+}
+stop() {  # STATUS: stop the running step, then exit (the EXIT trap removes the data)
+    trap - INT TERM
+    if [ -n "$step" ]; then
+        kill -TERM -- "-$step" 2> /dev/null || kill -TERM "$step" 2> /dev/null
+        wait "$step" 2> /dev/null
+    fi
+    exit "$1"
+}
 rm -f "$OUT/failed.txt"
 trap 'rm -rf "$DATA"' EXIT
-trap 'exit 130' INT TERM  # (the EXIT trap removes the data)
+trap 'stop 130' INT
+trap 'stop 143' TERM
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, '| lightning', pl.__version__)" \
@@ -39,14 +57,14 @@ python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__versio
 
 echo "== 1. CUDA tests"
 # PYTHONSAFEPATH: import the installed package, not the repository's folder of the same name
-PYTHONSAFEPATH=1 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py > "$OUT/tests.log" 2>&1
+PYTHONSAFEPATH=1 timed 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py > "$OUT/tests.log" 2>&1
 check $? "CUDA tests ($OUT/tests.log)"
 tail -n 15 "$OUT/tests.log" | tee "$OUT/tests.txt"
 
 echo "== 2. 40 epochs at LLP's size ($TRAIN train videos)"
 rm -rf "$DATA"
 start=$(date +%s%N)
-avvp-data generate "$DATA/llp" --train "$TRAIN" --val "$VAL" --test "$TEST" && avvp-data pack "$DATA/llp"
+timed 900 avvp-data generate "$DATA/llp" --train "$TRAIN" --val "$VAL" --test "$TEST" && timed 600 avvp-data pack "$DATA/llp"
 status=$?
 check $status "generate and pack"
 echo "data generated and packed in $(seconds "$start") s (exit $status)" | tee "$OUT/llp40.txt"
@@ -65,14 +83,14 @@ run40() {  # NAME [ARGS...]: a timed 40-epoch fit, its validation curve, its tes
     local name=$1 start status
     shift
     start=$(date +%s%N)
-    timeout 400 avvp-finetune fit "${fit[@]}" --run.name "$name" "$@" > "$OUT/$name.log" 2>&1
+    timed 400 avvp-finetune fit "${fit[@]}" --run.name "$name" "$@" > "$OUT/$name.log" 2>&1
     status=$?
     check $status "$name fit ($OUT/$name.log)"
     echo "$name: avvp-finetune fit, 40 epochs $*: exit $status, $(seconds "$start") s wall" | tee -a "$OUT/llp40.txt"
     grep -E "cuda_graphs|Error|UserWarning" "$OUT/$name.log" | tail -n 5 | tee -a "$OUT/llp40.txt"
     python3 -c "$curve" "$DATA/runs/$name/seed0" 2>&1 | tee -a "$OUT/llp40.txt"
     check $? "$name validation curve"
-    timeout 120 avvp-finetune test "${fit[@]}" --run.name "$name" --ckpt_path best > "$OUT/$name-test.log" 2>&1
+    timed 120 avvp-finetune test "${fit[@]}" --run.name "$name" --ckpt_path best > "$OUT/$name-test.log" 2>&1
     check $? "$name test ($OUT/$name-test.log)"
     grep -A3 "Type@AV" "$OUT/$name-test.log" | tee -a "$OUT/llp40.txt"
 }
@@ -82,7 +100,7 @@ rm -rf "$DATA"
 
 if [ "${BENCH:-1}" = 1 ]; then
     echo "== 3. throughput benchmark"
-    timeout 420 python3 benchmarks/train_throughput.py --device "$DEVICE" --videos "$TRAIN" --test-videos "$TEST" \
+    timed 420 python3 benchmarks/train_throughput.py --device "$DEVICE" --videos "$TRAIN" --test-videos "$TEST" \
         --epochs 1 --eager-fit --data "$DATA" > "$OUT/bench.log" 2>&1
     check $? "throughput benchmark ($OUT/bench.log)"
     grep -v -E "Warning|warn\(|^\s*$" "$OUT/bench.log" | tee "$OUT/bench.txt"

@@ -206,8 +206,9 @@ class Case:
         is a timing only: the weights, the optimizer's state and the random state are put back
         afterwards, so every case's model is scored after the same number of epochs.
         """
-        kept = None if record else (copy.deepcopy(self.model.state_dict()),
-                                    copy.deepcopy(self.optimizer.state_dict()), torch.get_rng_state())
+        kept = None if record else (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                                    torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                    else None)
         self.model.train()
         _sync(self.device)
         start, videos = time.perf_counter(), 0
@@ -222,6 +223,8 @@ class Case:
             self.model.load_state_dict(kept[0])
             self.optimizer.load_state_dict(kept[1])
             torch.set_rng_state(kept[2])
+            if kept[3] is not None:  # the GPU's dropout draws
+                torch.cuda.set_rng_state_all(kept[3])
         return videos / seconds
 
 

@@ -438,7 +438,7 @@ def render_report(results: dict[str, list[RunResult]], unfinished: list[Path], o
         notes = differences(runs)
         if notes:
             lines += ["", f"Warning: the runs of {row_name(config)} were not made alike ({'; '.join(notes)}); its mean "
-                      "mixes them (rerun them in a folder of their own)."]
+                      "mixes them (rerun them in a folder of their own, or test them alike)."]
     if unfinished:
         lines += ["", "Unfinished (left out): " + ", ".join(f"{p.parent.name}/{p.name}" for p in unfinished)]
     if "figure4" in images:

@@ -21,6 +21,7 @@ from avvp_lightning.data.datamodules import LLPDataModule
 from avvp_lightning.data.llp import (
     check_dataset, load_features, read_dense_truth, read_weak_labels, video_id, write_dense_csv,
 )
+from avvp_lightning.data.store import pack_store
 from avvp_lightning.data.synthetic import SMALL_DIMS, generate_llp
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
@@ -366,20 +367,32 @@ def test_dense_truth_that_names_no_listed_video_is_an_error(root: Path) -> None:
     original = audio.read_text(), visual.read_text()
     lines = audio.read_text().splitlines()  # ids only: no row names a listed file
     audio.write_text("\n".join([lines[0], *(line[:11] + line[line.index("\t"):] for line in lines[1:])]))
-    first = _line(root, "AVVP_val_pd.csv", 2)[0]
-    expected = (f"{audio}: no row names any of the 10 videos of val (such as '{first}'), so their audio "
-                "truth would be empty")
-    assert expected in _error(root)
-    audio.write_text(header)  # header only: the same, also when the visual truth is fine
-    assert expected in _error(root) and str(visual) not in _error(root)
-    visual.write_text(header)
-    assert str(visual) in _error(root) and expected in _error(root)
+    expected = f"{audio}: none of its rows names a listed video (its rows name '"
+    for stage in ("fit", "test"):  # whichever split is loaded
+        assert expected in _error(root, stage) and str(visual) not in _error(root, stage)
+    assert expected in check_dataset(root, **DIMS)[0]
+    audio.write_text(header)  # header only: no audio events at all, possible in a small set: a warning
+    with pytest.warns(UserWarning, match=f"{re.escape(str(audio))} has no rows: no video of test has audio events"):
+        _dm(root).setup("test")
+    visual.write_text(header)  # neither has rows: the videos' weak labels have events, so an error
+    assert f"{audio} and {visual}: no row names any of the 12 videos listed in" in _error(root, "test")
     test_lines = (root / "AVVP_test_pd.csv").read_text().splitlines()[1:]  # one split matched, the other not
     for path, text in zip((audio, visual), original):
         path.write_text("\n".join(line for line in text.splitlines() if not any(
             line.startswith(t.split("\t")[0] + "\t") for t in test_lines)) + "\n")
     assert (f"{audio} and {visual}: no row names any of the 12 videos listed in {root / 'AVVP_test_pd.csv'} "
             f"(such as '{_line(root, 'AVVP_test_pd.csv', 2)[0]}')") in check_dataset(root, **DIMS)[0]
+
+
+def test_a_split_without_events_of_one_modality_is_fine(tmp_path: Path) -> None:
+    root = tmp_path / "one"  # one test video, its event audio-only: no visual rows name a test video
+    generate_llp(root, num_train=4, num_val=2, num_test=1, seed=1, **DIMS)
+    test = _line(root, "AVVP_test_pd.csv", 2)[0]
+    visual = root / "AVVP_eval_visual.csv"
+    visual.write_text("\n".join(line for line in visual.read_text().splitlines() if not line.startswith(test)) + "\n")
+    for splits in (["test"], ["val", "test"]):
+        assert check_dataset(root, splits, **DIMS) == []
+    pack_store(root, **DIMS)  # one split at a time: the same verdict
 
 
 def test_unknown_classes_name_file_line_and_label(root: Path) -> None:

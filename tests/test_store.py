@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,8 +102,39 @@ def test_stale_store_names_what_changed(root: Path) -> None:
         _dm(root, store="packed").setup("fit")
     command = str(info.value).rsplit("rebuild it: ", 1)[1]  # with the store's sizes: it works as printed
     assert command.endswith("--audio-dim 32 --visual-dim 32 --motion-dim 16")
-    assert data_main(command.split()[1:]) == 0
+    assert data_main(shlex.split(command)[1:]) == 0
     _dm(root, store="packed").setup("fit")
+
+
+def test_rebuild_command_quotes_paths_and_packs_the_splits_asked_for(root: Path, tmp_path: Path) -> None:
+    spaced = Path(shutil.copytree(root, tmp_path / "my data" / "llp"))
+    store = spaced / "two splits"
+    pack_store(spaced, store, splits=["train", "test"], **DIMS)
+    with open(spaced / "AVVP_train.csv", "a") as f:
+        f.write("\n")
+    with pytest.raises(DataError, match="out of date") as info:
+        read_store(store, ["val"], **DIMS)
+    command = shlex.split(str(info.value).rsplit("rebuild it: ", 1)[1])
+    assert command[:3] == ["avvp-data", "pack", str(spaced)] and "--splits" not in command  # all three now
+    assert data_main(command[1:]) == 0
+    read_store(store, ["val"], **DIMS)  # the split asked for is there: no second rebuild
+
+
+def test_an_unreadable_csv_that_no_packed_split_needs_does_not_stop_pack(root: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from avvp_lightning.data import store as store_module
+    real, test_csv = store_module.file_sha256, root / "AVVP_test_pd.csv"
+
+    def denied(path: object) -> str:
+        if Path(str(path)) == test_csv:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(store_module, "file_sha256", denied)
+    pack_store(root, tmp_path / "s", splits=["train", "val"], **DIMS)
+    with pytest.raises(DataError, match=re.escape(f"cannot check that the store is up to date with {root}: "
+                                                  f"{test_csv}: cannot be read (permission denied)")):
+        read_store(tmp_path / "s", ["val"], root=root, **DIMS)  # not "its content changed"
 
 
 def test_stale_store_sees_touched_and_added_feature_files(root: Path) -> None:

@@ -212,12 +212,14 @@ def read_weak_labels(csv_path: str | Path, *, problems: Optional[list[str]] = No
 
 
 def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
-                     *, problems: Optional[list[str]] = None, matched: Optional[set[str]] = None) -> np.ndarray:
+                     *, problems: Optional[list[str]] = None, matched: Optional[set[str]] = None,
+                     row_names: Optional[set[str]] = None) -> np.ndarray:
     """Segment-level truth ``(N, T, C)`` float32 of ``filenames`` from a dense CSV, exactly as HAN.
 
     Each row sets ``GT[int(onset):int(offset), class] = 1``: overlapping rows are OR-ed, a row with
     onset >= offset sets nothing, and rows naming files not in ``filenames`` are ignored. The
-    filenames that some row names are added to ``matched`` when given.
+    filenames that some row names are added to ``matched`` when given, and every row's filename
+    (listed or not) to ``row_names``.
     """
     path, found = Path(csv_path), []
     dense = np.zeros((len(filenames), num_segments, NUM_CLASSES), dtype=np.float32)  # (N, T, C)
@@ -227,6 +229,8 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
         return dense
     row_of = {name: i for i, name in enumerate(filenames)}
     for name, onset, offset, label, line in table.itertuples(index=False, name=None):
+        if row_names is not None:
+            row_names.add(name)
         where = f"{path}: line {line}"
         classes = _parse_labels(label, where, found)
         if not label:
@@ -369,7 +373,8 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
             dim = array.shape[1]
             rows = None if pool else array.shape[0]
             if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows
-                pooled = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
+                with np.errstate(over="ignore"):  # an overflow is named below
+                    pooled = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
                 if not np.isfinite(pooled).all():  # values near float32's limit: their sum overflowed
                     problems.append(f"{path}: values too large (up to {np.abs(array).max():.3g}): the mean of its "
                                     "frames overflows float32")
@@ -477,18 +482,24 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     with_dense = [s for s in wanted if s in DENSE_SPLITS]
     if with_dense:
         names, matched, unmatched = [f for s in with_dense for f in videos[s][0]], set(), False
-        events = any(videos[s][1] is not None and videos[s][1].any() for s in with_dense)
+        listed = {f for filenames, _, _ in videos.values() for f in filenames}  # every split read, wanted or not
         for modality, file in DENSE_FILES.items():
-            named: set[str] = set()  # the listed videos that this file's rows name
-            truth = read_dense_truth(root / file, names, num_segments, problems=found, matched=named)  # (N, T, C)
+            rows: set[str] = set()  # the filenames this file's rows name, listed or not
+            truth = read_dense_truth(root / file, names, num_segments, problems=found, matched=matched,
+                                     row_names=rows)  # (N, T, C)
             parts = dict(zip(with_dense, _split_rows(truth, [len(videos[s][0]) for s in with_dense])))
             dense[modality] = [parts.get(s) for s in wanted]
-            if events and not named and (root / file).is_file() and not any(str(root / file) in p for p in found):
-                unmatched = True  # a header alone, or rows keyed by the 11-character id: no truth at all
-                found.append(f"{root / file}: no row names any of the {len(names)} videos of "
-                             f"{' and '.join(with_dense)} (such as {names[0]!r}), so their {modality} truth would "
-                             "be empty; its filename column must hold the listed filenames (<id>_<start>_<end>)")
-            matched |= named
+            if not names:  # the split lists failed: named already
+                continue
+            if rows and not rows & listed:  # e.g. keyed by the 11-character id: every video's truth empty
+                unmatched = True
+                found.append(f"{root / file}: none of its rows names a listed video (its rows name "
+                             f"{sorted(rows)[0]!r}, ...; the split CSVs list {names[0]!r}, ...), so the {modality} "
+                             "truth would be empty; its filename column must hold the listed filenames "
+                             "(<id>_<start>_<end>, as in the split CSVs)")
+            elif not rows and (root / file).is_file() and not any(str(root / file) in p for p in found):
+                warnings.warn(f"{root / file} has no rows: no video of {' and '.join(with_dense)} has {modality} "
+                              "events in the truth (right only for data without them)", stacklevel=2)
         for split in with_dense:  # weak labels say there are events; a truth of none would score nonsense
             filenames, weak, _ = videos[split]
             if weak is not None and weak.any() and not unmatched and not matched.intersection(filenames) and all(

@@ -35,10 +35,12 @@ import json
 import math
 import os
 import posixpath
+import shlex
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -87,7 +89,8 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
     """
     root = Path(root)
     csvs: dict[str, Optional[dict[str, Any]]] = {}
-    unreadable: list[str] = []  # what cannot be read: its content cannot be compared
+    unreadable: list[str] = []  # CSVs that cannot be read: their content cannot be compared
+    unlisted: list[str] = []  # feature folders that cannot be listed
     for name in (*SPLIT_FILES.values(), *DENSE_FILES.values()):
         try:
             stat = (root / name).stat()
@@ -98,10 +101,8 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
             unreadable.append(f"{root / name}: cannot be read ({_reason(err)})")
             csvs[name] = None
             continue
-        try:
-            content: str | None = file_sha256(root / name)  # LLP's CSVs: < 1 MB each
-        except IsADirectoryError:  # not data: the CSV reader names the problem when the CSV is read
-            content = None
+        try:  # LLP's CSVs: < 1 MB each; a folder or a FIFO is not data (the CSV reader names it)
+            content: str | None = file_sha256(root / name) if S_ISREG(stat.st_mode) else None
         except OSError as err:
             unreadable.append(f"{root / name}: cannot be read ({_reason(err)})")
             content = None
@@ -120,10 +121,10 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
                         try:
                             stat = entry.stat()
                             stats[entry.name] = (stat.st_size, stat.st_mtime_ns)
-                        except FileNotFoundError:  # a broken link (e.g. an unfetched git-annex / DVC file)
+                        except OSError:  # a broken link (an unfetched git-annex / DVC file), a link loop
                             stats[entry.name] = (-1, 0)
-        except OSError as err:  # no permission to list the folder or to reach its files
-            unreadable.append(f"{path}: cannot be listed ({_reason(err)})")
+        except OSError as err:  # no permission to list the folder, or to search it (a folder at mode 644)
+            unlisted.append(f"{path}: cannot be listed ({_reason(err)})")
             folders[dirs[modality]] = None
             continue
         names = sorted(stats)
@@ -137,6 +138,8 @@ def source_fingerprint(root: str | Path, dirs: dict[str, str]) -> dict[str, Any]
     fingerprint: dict[str, Any] = {"csv": csvs, "features": folders}
     if unreadable:
         fingerprint["unreadable"] = unreadable
+    if unlisted:
+        fingerprint["unlisted"] = unlisted
     return fingerprint
 
 
@@ -269,7 +272,9 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
                               "(--overwrite replaces the whole folder)")
     options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
-    raise_problems(before.get("unreadable", []), what=f"LLP dataset at {root} (nothing packed)")
+    # (an unreadable CSV is named by the reader when a split needs it)
+    raise_problems(before.pop("unlisted", []), what=f"LLP dataset at {root} (nothing packed)")
+    before.pop("unreadable", None)
     index: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION,
                              "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "options": options, "fingerprint": before, "splits": {}}
@@ -396,9 +401,10 @@ def stale_reasons(index: dict[str, Any], root: str | Path) -> Optional[list[str]
     else what changed in them.
     """
     now = source_fingerprint(root, index["options"]["dirs"])
-    if now.get("unreadable"):
+    if now.get("unreadable") or now.get("unlisted"):
         raise DataError(f"cannot check that the store is up to date with {root}: "
-                        + "; ".join(now["unreadable"]) + " (give read permission)")
+                        + "; ".join([*now.get("unlisted", []), *now.get("unreadable", [])])
+                        + " (check their permissions)")
     if any(v is not None for v in now["features"].values()):
         return fingerprint_changes(index["fingerprint"], now)
     if all(v is None for v in now["csv"].values()):
@@ -440,7 +446,7 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
     if mismatch:
         raise DataError(f"{store}: packed with other options: " + "; ".join(mismatch))
     source = Path(root).expanduser() if root is not None else Path(index["source"])
-    rebuild = pack_command(source, store, packed, index["splits"])
+    rebuild = pack_command(source, store, packed, [*index["splits"], *splits])
     reasons = stale_reasons(index, source)
     if reasons is None:
         warnings.warn(f"{store}: the feature folders of its source are not under {source}; using the store "
@@ -464,7 +470,7 @@ def read_store(store: str | Path, splits: Sequence[str], *, root: Optional[str |
 
 def pack_command(source: Path, store: Path, options: dict[str, Any], splits: Iterable[str]) -> str:
     """The ``avvp-data pack`` command that rebuilds ``store`` with its ``options`` and ``splits``."""
-    words = ["avvp-data pack", str(source), "--out", str(store), "--overwrite"]
+    words = ["avvp-data", "pack", str(source), "--out", str(store), "--overwrite"]
     for m in MODALITIES:
         if options["dirs"][m] != _normalized_dir(FEATURE_DIRS[m]):
             words += [f"--{m}-dir", options["dirs"][m]]
@@ -475,7 +481,7 @@ def pack_command(source: Path, store: Path, options: dict[str, Any], splits: Ite
     chosen = [s for s in SPLIT_FILES if s in set(splits)]
     if chosen != list(SPLIT_FILES):
         words += ["--splits", *chosen]
-    return " ".join(words)
+    return shlex.join(words)
 
 
 def _load_split(store: Path, split: str, entry: dict[str, Any]) -> SplitData:
