@@ -221,7 +221,15 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+        raise DataError(f"{path}: {'a folder, not a checkpoint file' if path.is_dir() else 'checkpoint not found'}")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip archive (or a legacy pickle)
+        raise DataError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; a checkpoint is the .ckpt "
+                        "file that fit writes to <run>/checkpoints/)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # truncated, not a torch file, or objects other than tensors/containers
@@ -237,6 +245,8 @@ def checkpoint_kind(state_dict: dict[str, Any]) -> str:
     """What wrote a checkpoint, from the first component of its weight names."""
     prefixes = sorted({name.split(".", 1)[0] for name in state_dict})
     known = [KNOWN_MODELS[p] for p in prefixes if p in KNOWN_MODELS]
+    if not prefixes:
+        return "a checkpoint without weights"
     return known[0] if len(known) == 1 else f"a checkpoint with weights under {', '.join(p + '.*' for p in prefixes)}"
 
 

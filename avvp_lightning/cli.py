@@ -191,16 +191,31 @@ def resolve_config_args(args: list[str], stage: str, subcommands: Collection[str
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, what: str = "the run folder", option: str = "--run.output_dir") -> None:
     """DataError unless ``folder`` exists as a writable folder or can be made (its nearest existing parent is)."""
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise DataError(f"{folder}: cannot make the run folder: {existing} is not a folder")
+        raise DataError(f"{folder}: cannot make {what}: {existing} is not a folder (give another {option})")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"{folder}: cannot write the run folder: {existing} is not writable "
-                        "(give another --run.output_dir)")
+        raise DataError(f"{folder}: cannot write {what}: {existing} is not writable (give another {option})")
+
+
+def check_output_folder(subcommand: str, folder: Path) -> None:
+    """DataError when ``test`` or ``predict`` would replace the other's outputs in ``folder`` (``--model.output_dir``).
+
+    Both write ``pred_audio.csv``, ``pred_visual.csv`` and ``probabilities.npz``; a test also
+    ``metrics.json``, which ``avvp-ablate`` and ``avvp-report`` read with the predictions beside it.
+    """
+    check_writable(folder, f"the {subcommand} output folder", "--model.output_dir")
+    tested = (folder / "metrics.json").is_file()
+    if subcommand == "predict" and tested:
+        raise DataError(f"--model.output_dir {folder}: holds a test's outputs (metrics.json); predict would replace "
+                        "its prediction CSVs and probabilities; give a folder of its own")
+    if subcommand == "test" and not tested and (folder / "pred_audio.csv").is_file():
+        raise DataError(f"--model.output_dir {folder}: holds a predict's outputs (pred_*.csv, no metrics.json); "
+                        "test would replace them; give a folder of its own")
 
 
 @contextmanager
@@ -516,6 +531,9 @@ class AVVPCLI(LightningCLI):
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
         check_writable(Path(cfg.trainer.default_root_dir))  # before the data loads, not after
+        output_dir = getattr(cfg.get("model"), "output_dir", None)
+        if output_dir and self.subcommand in ("test", "predict"):
+            check_output_folder(self.subcommand, Path(output_dir))
         if self.auto_precision and cfg.trainer.precision is None:
             cfg.trainer.precision = self.auto_precision_choice(cfg.trainer.accelerator, cfg.trainer.strategy)
             rank_zero_info(f"precision: {cfg.trainer.precision} (auto; --trainer.precision overrides)")
@@ -603,6 +621,11 @@ class AVVPCLI(LightningCLI):
                 warnings.warn(f"{sub} on data other than this run's fit (data sha256 {fingerprint['sha256'][:12]}..., "
                               f"fit {fit['data']['sha256'][:12]}...: see {run_dir / runinfo.RUN_FILE}); its results "
                               f"replace those in {run_dir}", stacklevel=1)
+        if sub in ("validate", "test", "predict") and isinstance(fit, dict) and ckpt_path \
+                and "://" not in str(ckpt_path) and Path(ckpt_path).resolve().parent != (run_dir / "checkpoints").resolve():
+            warnings.warn(f"{sub} of a checkpoint from outside this run ({ckpt_path}), in the folder of a run that "
+                          f"has its own fit ({run_dir}): its outputs and record replace that run's; give "
+                          "--run.name (or --run.output_dir) to keep them apart", stacklevel=1)
         seed = os.environ.get("PL_GLOBAL_SEED")
         self.recorder.record = runinfo.run_record(  # written once the data has loaded (RunRecorder)
             sub, int(seed) if seed is not None else None, config, fingerprint,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -259,6 +260,9 @@ class ParserModule(pl.LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         self._outputs = {}
+        # predict_step returns nothing on purpose (this module gathers and writes the outputs);
+        # Lightning would say so in a warning at every predict.
+        warnings.filterwarnings("ignore", message="predict returned None if it was on purpose")
 
     def on_predict_epoch_end(self) -> None:
         ids, pred_a, pred_v, probs = self._gathered()

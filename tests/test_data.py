@@ -129,6 +129,16 @@ def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     assert len(problems) == 2 and names[:2] == ["abcdefghijk_0_10", "bcdefghijkl_0_10"]
 
 
+def test_filenames_that_are_paths_or_share_an_id_are_named(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text("filename\tevent_labels\n/home/me/videos/clip01.mp4\tSpeech\n"
+                                    "VID_20230615_101530\tDog\nVID_20230615_143000\tDog\n")
+    with pytest.raises(DataError) as info:
+        read_weak_labels(tmp_path / "s.csv")
+    assert "line 2: filename '/home/me/videos/clip01.mp4' is a path; give the video's name" in str(info.value)
+    assert ("line 4: video id 'VID_2023061' is already listed on line 3 (a video's id, the first 11 characters of "
+            "its filename, names its feature files)") in str(info.value)
+
+
 def test_rows_with_extra_fields_are_named_by_line(tmp_path: Path) -> None:
     for where in (2, 3):  # pandas warns on the first data row and fails on a later one: the same problem
         lines = ["filename\tevent_labels", "abcdefghijk_0_10\tSpeech", "bcdefghijkl_0_10\tDog"]
@@ -294,6 +304,18 @@ def test_datamodule_unpooled_visual_and_predict_list(root: Path) -> None:
     named = _dm(root, predict_split="val")
     named.setup("predict")
     assert set(next(iter(named.predict_dataloader()))) == {"id", "audio", "visual", "motion", "label"}
+    (root / "to_predict.csv").write_text("filename\tevent_labels\n" + "\n".join(f"{n}\tbirthday party" for n in names))
+    tagged = _dm(root, predict_split="to_predict.csv")  # the user's own tags in event_labels: not read
+    tagged.setup("predict")
+    assert tagged.datasets["predict"].ids == names
+    for file in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"):
+        (root / file).unlink()  # predict needs no truth, also on the test split
+    on_test = _dm(root, predict_split="test")
+    on_test.setup("predict")
+    assert len(on_test.datasets["predict"]) == 12
+    pack_store(root, **DIMS, splits=["train"])  # a store (say, from the fit's config) is not needed for a list
+    (root / "AVVP_train.csv").unlink()  # nor checked against the root
+    _dm(root, predict_split="to_predict.csv", store="packed").setup("predict")
 
 
 def test_datamodule_fits_with_lightning(root: Path) -> None:

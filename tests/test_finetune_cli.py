@@ -80,6 +80,12 @@ def test_fit_test_predict_end_to_end(tiny_root: Path, tmp_path: Path, capsys: py
     assert probs["audio_prob"].shape == (17, 10, 25)
     assert (run_dir / "predict" / "pred_audio.csv").is_file()
 
+    # Another run's checkpoint, predicted in this run's folder (no --run.name): said, not silent
+    other = tmp_path / "other.ckpt"
+    other.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.warns(UserWarning, match="predict of a checkpoint from outside this run"):
+        main(["predict", *args, "--ckpt_path", str(other)])
+
 
 def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     args = small_args(tiny_root, tmp_path)
@@ -173,6 +179,20 @@ def test_threshold_outside_0_1_is_refused(threshold: str, tiny_root: Path, tmp_p
     with pytest.raises(DataError, match=r"invalid option value: threshold is a probability in \[0, 1\]"):
         main(["fit", *small_args(tiny_root, tmp_path), "--model.threshold", threshold])
     assert not any(tmp_path.iterdir())
+
+
+def test_test_and_predict_never_replace_each_others_outputs(tiny_root: Path, tmp_path: Path) -> None:
+    tested, predicted = tmp_path / "tested", tmp_path / "predicted"
+    tested.mkdir(), predicted.mkdir()
+    (tested / "metrics.json").write_text("{}")
+    (tested / "pred_audio.csv").write_text("filename\tonset\toffset\tevent_labels\n")
+    (predicted / "pred_audio.csv").write_text("filename\tonset\toffset\tevent_labels\n")
+    for sub, folder, match in (("predict", tested, "holds a test's outputs"), ("test", predicted, "holds a predict's")):
+        with pytest.raises(DataError, match=f"--model.output_dir {folder}: {match}"):
+            main([sub, *small_args(tiny_root, tmp_path / "runs"), "--ckpt_path", "best", "--model.output_dir", str(folder)])
+    with pytest.raises(DataError, match="cannot make the predict output folder: .* is not a folder"):
+        main(["predict", *small_args(tiny_root, tmp_path / "runs"), "--ckpt_path", "best",
+              "--model.output_dir", str(tested / "metrics.json" / "sub")])  # before the data loads, not after
 
 def _precision(run_dir: Path, subcommand: str = "fit") -> str:
     return json.loads((run_dir / "run.json").read_text())[subcommand]["config"]["trainer"]["precision"]

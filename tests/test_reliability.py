@@ -316,7 +316,8 @@ def test_unreadable_checkpoint(content: str, trained: Path, tiny_root: Path, tmp
         bad.write_text("not a checkpoint\n")
     else:
         torch.save({"state_dict": {}, "extra": NotAllowed()}, bad)
-    with pytest.raises(DataError, match=rf"^{bad}: not a readable checkpoint"):
+    match = "not a PyTorch checkpoint file" if content == "text" else "not a readable checkpoint"
+    with pytest.raises(DataError, match=rf"^{bad}: {match}"):
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", str(bad)])
 
 

@@ -244,13 +244,15 @@ class LLPDataModule(pl.LightningDataModule):
         if self.hparams.store is None:
             return None
         store, given = Path(self.hparams.store).expanduser(), self.hparams.root
-        if store.is_absolute() or store.exists() or given is None:
-            return store
-        under_root = Path(given).expanduser() / store
-        if not under_root.exists() and not store.is_absolute():
-            raise DataError(f"--data.store {self.hparams.store}: no such folder, neither {store.absolute()} nor "
-                            f"{under_root} (under --data.root); `avvp-data pack ROOT` writes ROOT/packed")
-        return under_root
+        return store if store.is_absolute() or store.exists() or given is None else Path(given).expanduser() / store
+
+    def _existing_store(self) -> Path:
+        """:meth:`store_path`, checked to exist (DataError naming where a relative one was looked for)."""
+        path, given = self.store_path(), Path(self.hparams.store).expanduser()
+        if not path.exists() and not given.is_absolute() and path != given:
+            raise DataError(f"--data.store {self.hparams.store}: no such folder, neither {given.absolute()} nor "
+                            f"{path} (under --data.root); `avvp-data pack ROOT` writes ROOT/packed")
+        return path
 
     def prepare_data(self) -> None:
         if self.hparams.root is None and self.hparams.store is None:
@@ -274,10 +276,12 @@ class LLPDataModule(pl.LightningDataModule):
                        audio_dim=hp.audio_dim, visual_dim=hp.visual_dim, motion_dim=hp.motion_dim,
                        num_segments=hp.num_segments, pool_visual=hp.pool_visual)
         splits = list(dict.fromkeys(splits))
-        data = read_store(self.store_path(), splits, root=root, **options) if hp.store is not None else {}
+        # (a predict list alone is read from the per-file layout: the store is not needed, nor checked)
+        data = read_store(self._existing_store(), splits, root=root, **options) if hp.store is not None and splits else {}
         if lists or hp.store is None:
+            dense = [s for s in missing if s != "predict"]  # predict needs no truth, also on the test split
             data.update(read_llp(root, [s for s in splits if s not in data] + list(lists), lists=lists,
-                                 problems=problems, **options))
+                                 problems=problems, dense_splits=dense, **options))
         raise_problems(problems, what=f"LLP dataset at {root}")
         for split in missing:
             if split == "predict":

@@ -180,8 +180,12 @@ def read_video_list(csv_path: str | Path, *, labels: str = "required",
         vid = video_id(name)
         if not name:
             found.append(f"{path}: line {line}: empty filename")
+        elif "/" in vid or "\\" in vid or vid in (".", ".."):
+            found.append(f"{path}: line {line}: filename {name!r} is a path; give the video's name (its feature "
+                         f"files are <feature folder>/<first {ID_LENGTH} characters>.npy)")
         elif vid in first_line:
-            found.append(f"{path}: line {line}: video id '{vid}' is already listed on line {first_line[vid]}")
+            found.append(f"{path}: line {line}: video id '{vid}' is already listed on line {first_line[vid]} (a "
+                         f"video's id, the first {ID_LENGTH} characters of its filename, names its feature files)")
         first_line.setdefault(vid, line)
     weak = None
     if "event_labels" in table.columns and labels != "ignore":
@@ -441,7 +445,8 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
              motion_dir: str = FEATURE_DIRS["motion"], audio_dim: Optional[int] = FEATURE_DIMS["audio"],
              visual_dim: Optional[int] = FEATURE_DIMS["visual"], motion_dim: Optional[int] = FEATURE_DIMS["motion"],
              num_segments: int = NUM_SEGMENTS, pool_visual: bool = True, lists: Optional[dict[str, Path]] = None,
-             keep: bool = True, problems: Optional[list[str]] = None) -> dict[str, SplitData]:
+             keep: bool = True, problems: Optional[list[str]] = None,
+             dense_splits: Optional[Sequence[str]] = None) -> dict[str, SplitData]:
     """Read and check ``splits`` of an LLP root (each file read once, problems listed together).
 
     Args:
@@ -452,9 +457,11 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         audio_dim, visual_dim, motion_dim: Expected feature widths (None: any).
         num_segments: Segments per video ``T``.
         pool_visual: Mean-pool the ``k*T`` visual frames to ``T`` segments.
-        lists: Extra unlabeled video lists ``{name: csv}`` (``event_labels`` optional), e.g. predict.
+        lists: Extra unlabeled video lists ``{name: csv}`` (an ``event_labels`` column is ignored), e.g. predict.
         keep: Keep the features (False: only check them, for :func:`check_dataset`).
         problems: Collect problems here instead of raising one DataError with all of them.
+        dense_splits: The splits whose dense truth to read (default: val and test when wanted); the
+            others get none (``predict`` on the test split needs no truth).
     """
     root, found, lists = Path(root), [], dict(lists or {})
     problem = folder_problem(root)
@@ -472,14 +479,14 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         where = [f"{root / name}, line {line}" for line in lines]
         note_split_listings(seen, split, filenames, where, found)
         videos[split] = (filenames, weak, where)
-    for split, csv in lists.items():
-        filenames, weak, lines = read_video_list(csv, labels="optional", problems=found)
+    for split, csv in lists.items():  # (its event_labels, if any, are not read: they may be the user's own tags)
+        filenames, weak, lines = read_video_list(csv, labels="ignore", problems=found)
         videos[split] = (filenames, weak, [f"{csv}, line {line}" for line in lines])
     wanted = [s for s in splits if s in videos]
 
     sizes = [len(videos[s][0]) for s in wanted]
     dense: dict[str, list[np.ndarray]] = {}  # modality -> per wanted split (N_s, T, C); None outside val/test
-    with_dense = [s for s in wanted if s in DENSE_SPLITS]
+    with_dense = [s for s in wanted if s in DENSE_SPLITS and (dense_splits is None or s in dense_splits)]
     if with_dense:
         names, matched, unmatched = [f for s in with_dense for f in videos[s][0]], set(), False
         listed = {f for filenames, _, _ in videos.values() for f in filenames}  # every split read, wanted or not
