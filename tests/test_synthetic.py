@@ -212,6 +212,14 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     (root / "feats" / "vggish" / f"{vid}.npy").unlink()
     assert main(["check", str(root), *dims]) == 1
     assert f"{vid}.npy: missing feature file" in capsys.readouterr().out
+    listed = root / "mine.csv"  # a predict list alone: the split CSVs are not checked
+    listed.write_text("filename\n" + (root / "AVVP_test_pd.csv").read_text().splitlines()[1].split("\t")[0] + "\n")
+    for split in ("AVVP_train.csv", "AVVP_val_pd.csv"):
+        (root / split).unlink()
+    assert main(["check", str(root), *dims, "--list", str(listed)]) == 0
+    assert re.search(r"predict\s+1 videos", capsys.readouterr().out)
+    assert main(["check", str(root), *dims, "--list", str(listed), "--splits", "val"]) == 1
+    assert "AVVP_val_pd.csv: file not found" in capsys.readouterr().out
     assert main(["generate-snippets", str(tmp_path / "snip"), "--videos", "5", "--small-dims"]) == 0
     assert (tmp_path / "snip" / "snippets.csv").is_file()
     monkeypatch.setenv("AVVP_DATA_DIR", str(tmp_path / "cache"))

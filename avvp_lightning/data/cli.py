@@ -55,7 +55,9 @@ def _check(args: argparse.Namespace) -> int:
     options = dict(audio_dir=args.audio_dir, visual_dir=args.visual_dir, motion_dir=args.motion_dir,
                    audio_dim=args.audio_dim, visual_dim=args.visual_dim, motion_dim=args.motion_dim,
                    num_segments=args.num_segments)
-    data = read_llp(args.root, args.splits, keep=False, problems=problems, **options)
+    lists = {"predict": Path(args.list)} if args.list else {}
+    splits = args.splits if args.splits is not None else ([] if lists else ["train", "val", "test"])
+    data = read_llp(args.root, [*splits, *lists], lists=lists, keep=False, problems=problems, **options)
     if problems:
         print(f"{len(problems)} problem(s) in {args.root}:")
         for problem in problems:
@@ -134,10 +136,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_layout(parser: argparse.ArgumentParser, splits_help: str) -> None:
+def add_layout(parser: argparse.ArgumentParser, splits_help: str,
+               default: Optional[tuple[str, ...]] = ("train", "val", "test")) -> None:
     """Options naming an LLP root's splits, feature folders and sizes (``check``, ``pack``)."""
-    parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
-                        help=splits_help)
+    parser.add_argument("--splits", nargs="+", default=None if default is None else list(default),
+                        choices=["train", "val", "test"], help=splits_help)
     for modality in ("audio", "visual", "motion"):
         parser.add_argument(f"--{modality}-dir", default=FEATURE_DIRS[modality], help=f"{modality} feature folder")
         parser.add_argument(f"--{modality}-dim", type=positive_int, default=FEATURE_DIMS[modality],
@@ -178,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="list every problem of an LLP root (exit 1 if any)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     check.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
-    add_layout(check, "splits whose videos and features to check")
+    add_layout(check, "splits whose videos and features to check (default: train val test; none with --list)",
+               default=None)
+    check.add_argument("--list", metavar="CSV", default=None,
+                       help="also check the videos of a predict list (a tab-separated CSV with a filename column, "
+                            "as avvp-finetune predict --data.predict_split reads it); ROOT then needs no split CSVs")
     check.set_defaults(func=_check)
 
     pack = commands.add_parser("pack", help="pack an LLP root into one array per split and feature kind "

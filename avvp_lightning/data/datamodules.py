@@ -282,7 +282,8 @@ class LLPDataModule(pl.LightningDataModule):
             dense = [s for s in missing if s != "predict"]  # predict needs no truth, also on the test split
             data.update(read_llp(root, [s for s in splits if s not in data] + list(lists), lists=lists,
                                  problems=problems, dense_splits=dense, **options))
-        raise_problems(problems, what=f"LLP dataset at {root}")
+        raise_problems(problems, what=f"LLP dataset at {root}", check="avvp-data check ROOT" + (
+            f" --list {lists['predict']}" + (f" --splits {' '.join(splits)}" if splits else "") if lists else ""))
         for split in missing:
             if split == "predict":
                 source = data["predict" if lists else hp.predict_split]

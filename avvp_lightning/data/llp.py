@@ -49,15 +49,18 @@ def video_id(filename: str) -> str:
 MAX_LISTED = 20  # problems spelled out in one DataError; check_dataset returns them all
 
 
-def raise_problems(problems: Sequence[str], what: str = "dataset") -> None:
-    """Raise one :class:`DataError` listing the problems, each once (does nothing when there are none)."""
+def raise_problems(problems: Sequence[str], what: str = "dataset", check: str = "avvp-data check ROOT") -> None:
+    """Raise one :class:`DataError` listing the problems, each once (does nothing when there are none).
+
+    Past :data:`MAX_LISTED` problems the message ends with the ``check`` command that lists them all.
+    """
     problems = list(dict.fromkeys(problems))
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
         lines = [f"  - {p}" for p in problems[:MAX_LISTED]]
         if len(problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED} more (`avvp-data check ROOT` lists them all)")
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more (`{check}` lists them all)")
         raise DataError(f"{len(problems)} problems in the {what}:\n" + "\n".join(lines))
 
 
