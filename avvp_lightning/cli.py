@@ -203,19 +203,17 @@ def check_writable(folder: Path, what: str = "the run folder", option: str = "--
 
 
 def check_output_folder(subcommand: str, folder: Path) -> None:
-    """DataError when ``test`` or ``predict`` would replace the other's outputs in ``folder`` (``--model.output_dir``).
+    """DataError when ``folder`` (``--model.output_dir``) cannot be written, or ``predict`` would mix into a test's.
 
     Both write ``pred_audio.csv``, ``pred_visual.csv`` and ``probabilities.npz``; a test also
-    ``metrics.json``, which ``avvp-ablate`` and ``avvp-report`` read with the predictions beside it.
+    ``metrics.json`` (last), which ``avvp-ablate`` and ``avvp-report`` read with the predictions
+    beside it: a predict there would leave the test's numbers beside other predictions. (A test
+    may replace a predict's files: what it writes is a whole test result.)
     """
     check_writable(folder, f"the {subcommand} output folder", "--model.output_dir")
-    tested = (folder / "metrics.json").is_file()
-    if subcommand == "predict" and tested:
+    if subcommand == "predict" and (folder / "metrics.json").is_file():
         raise DataError(f"--model.output_dir {folder}: holds a test's outputs (metrics.json); predict would replace "
                         "its prediction CSVs and probabilities; give a folder of its own")
-    if subcommand == "test" and not tested and (folder / "pred_audio.csv").is_file():
-        raise DataError(f"--model.output_dir {folder}: holds a predict's outputs (pred_*.csv, no metrics.json); "
-                        "test would replace them; give a folder of its own")
 
 
 @contextmanager

@@ -181,15 +181,14 @@ def test_threshold_outside_0_1_is_refused(threshold: str, tiny_root: Path, tmp_p
     assert not any(tmp_path.iterdir())
 
 
-def test_test_and_predict_never_replace_each_others_outputs(tiny_root: Path, tmp_path: Path) -> None:
-    tested, predicted = tmp_path / "tested", tmp_path / "predicted"
-    tested.mkdir(), predicted.mkdir()
+def test_predict_never_replaces_a_tests_outputs(tiny_root: Path, tmp_path: Path) -> None:
+    tested = tmp_path / "tested"
+    tested.mkdir()
     (tested / "metrics.json").write_text("{}")
     (tested / "pred_audio.csv").write_text("filename\tonset\toffset\tevent_labels\n")
-    (predicted / "pred_audio.csv").write_text("filename\tonset\toffset\tevent_labels\n")
-    for sub, folder, match in (("predict", tested, "holds a test's outputs"), ("test", predicted, "holds a predict's")):
-        with pytest.raises(DataError, match=f"--model.output_dir {folder}: {match}"):
-            main([sub, *small_args(tiny_root, tmp_path / "runs"), "--ckpt_path", "best", "--model.output_dir", str(folder)])
+    with pytest.raises(DataError, match=f"--model.output_dir {tested}: holds a test's outputs"):
+        main(["predict", *small_args(tiny_root, tmp_path / "runs"), "--ckpt_path", "best",
+              "--model.output_dir", str(tested)])
     with pytest.raises(DataError, match="cannot make the predict output folder: .* is not a folder"):
         main(["predict", *small_args(tiny_root, tmp_path / "runs"), "--ckpt_path", "best",
               "--model.output_dir", str(tested / "metrics.json" / "sub")])  # before the data loads, not after
