@@ -223,16 +223,13 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
     if not path.is_file():
         raise DataError(f"{path}: {'a folder, not a checkpoint file' if path.is_dir() else 'checkpoint not found'}")
     try:
-        with open(path, "rb") as file:
-            head = file.read(4)
-    except OSError as err:
-        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip archive (or a legacy pickle)
-        raise DataError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; a checkpoint is the .ckpt "
-                        "file that fit writes to <run>/checkpoints/)")
-    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # truncated, not a torch file, or objects other than tensors/containers
+        with open(path, "rb") as file:
+            head = file.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: zip (or a legacy pickle)
+            raise DataError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; a checkpoint is the "
+                            ".ckpt file that fit writes to <run>/checkpoints/)") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise DataError(f"{path}: not a readable checkpoint: truncated or corrupt, or not written by "
                         f"avvp-lightning ({type(err).__name__}: {reason[:300]})") from None

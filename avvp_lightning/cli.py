@@ -205,15 +205,16 @@ def check_writable(folder: Path, what: str = "the run folder", option: str = "--
 def check_output_folder(subcommand: str, folder: Path) -> None:
     """DataError when ``folder`` (``--model.output_dir``) cannot be written, or ``predict`` would mix into a test's.
 
-    Both write ``pred_audio.csv``, ``pred_visual.csv`` and ``probabilities.npz``; a test also
-    ``metrics.json`` (last), which ``avvp-ablate`` and ``avvp-report`` read with the predictions
-    beside it: a predict there would leave the test's numbers beside other predictions. (A test
-    may replace a predict's files: what it writes is a whole test result.)
+    Both write ``pred_audio.csv`` and ``pred_visual.csv``; a test also ``metrics.json`` (last),
+    which ``avvp-ablate`` and ``avvp-report`` read with the predictions beside it, and a predict
+    ``probabilities.npz``: a predict there would leave the test's numbers beside other
+    predictions. (A test may replace a predict's CSVs, say after a test that stopped before its
+    ``metrics.json``.)
     """
     check_writable(folder, f"the {subcommand} output folder", "--model.output_dir")
     if subcommand == "predict" and (folder / "metrics.json").is_file():
         raise DataError(f"--model.output_dir {folder}: holds a test's outputs (metrics.json); predict would replace "
-                        "its prediction CSVs and probabilities; give a folder of its own")
+                        "its prediction CSVs; give a folder of its own")
 
 
 @contextmanager

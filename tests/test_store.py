@@ -120,8 +120,8 @@ def test_rebuild_command_quotes_paths_and_packs_the_splits_asked_for(root: Path,
     read_store(store, ["val"], **DIMS)  # the split asked for is there: no second rebuild
 
 
-def test_an_unreadable_csv_that_no_packed_split_needs_does_not_stop_pack(root: Path, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreadable_csv_stops_pack_and_the_freshness_check(root: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from avvp_lightning.data import store as store_module
     real, test_csv = store_module.file_sha256, root / "AVVP_test_pd.csv"
 
@@ -131,10 +131,12 @@ def test_an_unreadable_csv_that_no_packed_split_needs_does_not_stop_pack(root: P
         return real(path)
 
     monkeypatch.setattr(store_module, "file_sha256", denied)
-    pack_store(root, tmp_path / "s", splits=["train", "val"], **DIMS)
-    with pytest.raises(DataError, match=re.escape(f"cannot check that the store is up to date with {root}: "
-                                                  f"{test_csv}: cannot be read (permission denied)")):
-        read_store(tmp_path / "s", ["val"], root=root, **DIMS)  # not "its content changed"
+    unreadable = re.escape(f"{test_csv}: cannot be read (permission denied)")
+    with pytest.raises(DataError, match=unreadable):  # even when no packed split needs it: it identifies the source
+        pack_store(root, tmp_path / "s", splits=["train", "val"], **DIMS)
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(DataError, match=f"cannot check that the store is up to date with {root}: {unreadable}"):
+        read_store(root / "packed", ["val"], root=root, **DIMS)  # not "its content changed"
 
 
 def test_stale_store_sees_touched_and_added_feature_files(root: Path) -> None:

@@ -55,7 +55,10 @@ def _check(args: argparse.Namespace) -> int:
     options = dict(audio_dir=args.audio_dir, visual_dir=args.visual_dir, motion_dir=args.motion_dir,
                    audio_dim=args.audio_dim, visual_dim=args.visual_dim, motion_dim=args.motion_dim,
                    num_segments=args.num_segments)
-    lists = {"predict": Path(args.list)} if args.list else {}
+    listed = Path(args.list).expanduser() if args.list else None  # as predict resolves it: as given, else under ROOT
+    if listed is not None and not listed.is_absolute() and not listed.exists():
+        listed = Path(args.root) / listed
+    lists = {"predict": listed} if listed is not None else {}
     splits = args.splits if args.splits is not None else ([] if lists else ["train", "val", "test"])
     data = read_llp(args.root, [*splits, *lists], lists=lists, keep=False, problems=problems, **options)
     if problems:

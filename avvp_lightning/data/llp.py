@@ -492,7 +492,9 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     with_dense = [s for s in wanted if s in DENSE_SPLITS and (dense_splits is None or s in dense_splits)]
     if with_dense:
         names, matched, unmatched = [f for s in with_dense for f in videos[s][0]], set(), False
-        listed = {f for filenames, _, _ in videos.values() for f in filenames}  # every split read, wanted or not
+        # The val and test videos of every split CSV read, wanted or not: what dense rows name.
+        listed = {f for split in DENSE_SPLITS if split in videos for f in videos[split][0]}
+        complete = all(split in videos for split in DENSE_SPLITS)  # both lists present
         for modality, file in DENSE_FILES.items():
             rows: set[str] = set()  # the filenames this file's rows name, listed or not
             truth = read_dense_truth(root / file, names, num_segments, problems=found, matched=matched,
@@ -502,11 +504,15 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
             if not names:  # the split lists failed: named already
                 continue
             if rows and not rows & listed:  # e.g. keyed by the 11-character id: every video's truth empty
-                unmatched = True
-                found.append(f"{root / file}: none of its rows names a listed video (its rows name "
-                             f"{sorted(rows)[0]!r}, ...; the split CSVs list {names[0]!r}, ...), so the {modality} "
-                             "truth would be empty; its filename column must hold the listed filenames "
-                             "(<id>_<start>_<end>, as in the split CSVs)")
+                message = (f"{root / file}: none of its rows names a listed val or test video (its rows name "
+                           f"{sorted(rows)[0]!r}, ...; the split CSVs list {names[0]!r}, ...), so the {modality} "
+                           "truth would be empty")
+                if complete or rows & {video_id(name) for name in listed}:
+                    unmatched = True
+                    found.append(message + "; its filename column must hold the listed filenames "
+                                 "(<id>_<start>_<end>, as in the split CSVs)")
+                else:  # the other split's list is absent: its videos may be the ones the rows name
+                    warnings.warn(message + " (right only if no listed video has such events)", stacklevel=2)
             elif not rows and (root / file).is_file() and not any(str(root / file) in p for p in found):
                 warnings.warn(f"{root / file} has no rows: no video of {' and '.join(with_dense)} has {modality} "
                               "events in the truth (right only for data without them)", stacklevel=2)

@@ -272,9 +272,9 @@ def pack_store(root: str | Path, out: Optional[str | Path] = None, *, splits: Se
                               "(--overwrite replaces the whole folder)")
     options = store_options(audio_dir, visual_dir, motion_dir, audio_dim, visual_dim, motion_dim, num_segments)
     before = source_fingerprint(root, options["dirs"])
-    # (an unreadable CSV is named by the reader when a split needs it)
-    raise_problems(before.pop("unlisted", []), what=f"LLP dataset at {root} (nothing packed)")
-    before.pop("unreadable", None)
+    # An unreadable CSV, even of a split not packed: its content identifies the store's source.
+    raise_problems([*before.pop("unlisted", []), *before.pop("unreadable", [])],
+                   what=f"LLP dataset at {root} (nothing packed)")
     index: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION,
                              "source": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "options": options, "fingerprint": before, "splits": {}}
