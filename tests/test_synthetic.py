@@ -17,6 +17,7 @@ from avvp_lightning.data.cli import main
 from avvp_lightning.data.datamodules import LLPDataModule, SnippetDataModule
 from avvp_lightning.data.llp import check_dataset, read_dense_truth, read_weak_labels, video_id
 from avvp_lightning.data.synthetic import SMALL_DIMS, default_root, generate_llp, generate_snippets
+from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASS_INDEX, NUM_CLASSES
 
 DIMS = dict(SMALL_DIMS)
@@ -172,6 +173,13 @@ def test_default_root_is_cached_and_safe_in_parallel(tmp_path: Path, monkeypatch
     dm = LLPDataModule(**DIMS)  # root=None uses the default
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 9
+
+
+def test_a_cache_folder_that_is_a_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("AVVP_DATA_DIR", str(tmp_path / "afile"))
+    with pytest.raises(DataError, match="afile: a file, not a folder \\(AVVP_DATA_DIR must name a folder"):
+        default_root("llp")
 
 
 def test_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -452,7 +452,12 @@ def default_root(kind: str = "llp") -> Path:
     tuning = dict(latent=LATENT_DIM, signal=SIGNAL, confusion=CONFUSION, scene=SCENE, noise=NOISE,
                   jitter=FRAME_JITTER, output_noise=OUTPUT_NOISE)
     key = json.dumps({"kind": kind, "version": GENERATOR_VERSION, **params, **tuning}, sort_keys=True)
-    target = cache_dir() / f"synthetic-{kind}-v{GENERATOR_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    cache = cache_dir()
+    if cache.exists() and not cache.is_dir():
+        named = "AVVP_DATA_DIR" if os.environ.get("AVVP_DATA_DIR") else "the cache folder"
+        raise DataError(f"{cache}: a file, not a folder ({named} must name a folder for the generated default "
+                        "datasets)")
+    target = cache / f"synthetic-{kind}-v{GENERATOR_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if not _generated(target):  # written last: its presence means complete
         try:
             (generate_llp if kind == "llp" else generate_snippets)(target, **params)
