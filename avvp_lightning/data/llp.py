@@ -393,7 +393,8 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
     if widths and widths[0][1] > 1:  # the likely cause first: features of another size
         problems.insert(first_problem, f"{folder}: {widths[0][1]} files are {widths[0][0]} wide where {dim} is "
                         f"expected; if they are the features you want, set this folder's feature size to "
-                        f"{widths[0][0]} (--data.audio_dim, visual_dim or motion_dim; avvp-data: --audio-dim, ...)")
+                        f"{widths[0][0]} (--data.audio_dim, visual_dim or motion_dim; avvp-data: --audio-dim, ...), and use a "
+                        "model trained on features of that size")
     if seen["float64"] and str(folder) not in _WARNED_FLOAT64:
         _WARNED_FLOAT64.add(str(folder))
         warnings.warn(f"{folder}: {seen['float64']} float64 feature file(s) cast to float32 (warned once per "
