@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Collection, Iterator
@@ -290,7 +291,9 @@ class RunRecorder(Callback):
                   f"{trainer.default_root_dir} is left as it is, its run.json and config-fit.yaml too", flush=True)
             return
         if self.record["subcommand"] == "fit" and not self.resumed:
-            moved = retire_earlier_run(Path(trainer.default_root_dir))
+            current = {Path(logger.experiment.dir).parent.resolve() for logger in trainer.loggers  # (made by now)
+                       if type(logger).__name__ == "WandbLogger"}
+            moved = retire_earlier_run(Path(trainer.default_root_dir), keep=current)
             if moved is not None:
                 warnings.warn(f"{trainer.default_root_dir} held an earlier run: its checkpoints and results are now "
                               f"in {moved} (to continue that run rather than start this one, stop this fit and fit "
@@ -316,11 +319,13 @@ def smoke_over_earlier_run(trainer: Trainer) -> bool:
     return smoke and _holds_run(Path(trainer.default_root_dir))
 
 
-def retire_earlier_run(run_dir: Path) -> Optional[Path]:
+def retire_earlier_run(run_dir: Path, keep: Optional[set[Path]] = None) -> Optional[Path]:
     """Move an earlier run's checkpoints and results into ``<run_dir>/previous/<UTC time>/``.
 
-    Nothing happens (None) unless the folder holds a checkpoint. The CSV and W&B logs stay: they
-    are kept per invocation anyway (``csv/version_N``).
+    Nothing happens (None) unless the folder holds a checkpoint. Its W&B runs
+    (``wandb/offline-run-*``, ``wandb/run-*``) move too, but those in ``keep`` (this fit's own),
+    so that ``wandb sync`` of the folder uploads the new run alone under its name and group. The
+    CSV logs stay: they are kept per invocation anyway (``csv/version_N``).
     """
     if not _holds_run(run_dir):
         return None
@@ -334,6 +339,12 @@ def retire_earlier_run(run_dir: Path) -> Optional[Path]:
     for name in EARLIER_RUN:
         if (run_dir / name).exists():
             os.replace(run_dir / name, target / name)
+    wandb_dir = run_dir / "wandb"
+    earlier = [p for p in (wandb_dir.iterdir() if wandb_dir.is_dir() else ())
+               if p.name.startswith(("offline-run-", "run-")) and p.is_dir() and p.resolve() not in (keep or set())]
+    for folder in earlier:
+        (target / "wandb").mkdir(exist_ok=True)
+        os.replace(folder, target / "wandb" / folder.name)
     return target
 
 
@@ -409,7 +420,9 @@ class RunConfigSaver(SaveConfigCallback):
                 import yaml
 
                 logger.experiment.config.update(yaml.safe_load(path.read_text()), allow_val_change=True)
-                logger.experiment.save(str(path), base_path=str(run_dir), policy="now")
+                # A copy in the run's files folder (uploaded with the run; W&B's save() would link the
+                # file, and a later fit or test in this folder would change what the link shows)
+                shutil.copy2(path, Path(logger.experiment.dir) / path.name)
 
 
 class AVVPCLI(LightningCLI):
@@ -421,6 +434,7 @@ class AVVPCLI(LightningCLI):
     monitor_mode: str = "max"
     auto_precision: bool = False  # unset --trainer.precision -> bf16-mixed where native, else 32-true
     epilog: str = ""  # top-level --help, after the subcommands (e.g. a command handled before LightningCLI)
+    job_prefix: str = ""  # W&B job_type = job_prefix + subcommand
 
     def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
         if args is None:
@@ -467,6 +481,27 @@ class AVVPCLI(LightningCLI):
                                  "instead of returning it to the kernel (fewer page faults: 3-20 percent "
                                  "faster CPU steps; resident memory stays at least at its peak). "
                                  "Results are unchanged.")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """LightningCLI's subcommand parser, with help that says what these options do here."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        helps = {
+            "config": "A config file (YAML), or the bare name of a bundled one; several are applied in order, "
+                      "after defaults.yaml. Give it after the subcommand.",
+            "seed_everything": "Seed of the run (an int; default 0): weights, data order and dropout; the run "
+                               "folder is <run.output_dir>/<run.name>/seed<seed>.",
+            "ckpt_path": ("'last' resumes this run from its checkpoints/last.ckpt (with the options it began "
+                          "with); another checkpoint file continues that training here as a new run. Without: "
+                          "a new run." if subcommand == "fit" else
+                          "Required: 'best' or 'last' (this run's checkpoints/best.ckpt, last.ckpt) or a "
+                          "checkpoint file."),
+            "weights_only": "Load the checkpoint with torch.load(weights_only=True) (the default, also when "
+                            "unset); false only for a file you trust as code.",
+        }
+        for action in parser._actions:
+            if action.dest in helps:
+                action.help = helps[action.dest]
+        return parser
 
     def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
         """LightningCLI's optimizer set-up, with a ``configure_optimizers`` that survives pickling (``ddp_spawn``)."""
@@ -516,7 +551,18 @@ class AVVPCLI(LightningCLI):
                 for folder in ([Path(logger.log_dir), Path(logger.root_dir)] if logger is not None else []):
                     if folder.is_dir() and not any(folder.iterdir()):  # csv/version_N, then csv
                         folder.rmdir()
+                self._finish_wandb(exit_code=1)
             raise
+        self._finish_wandb(exit_code=0)
+
+    def _finish_wandb(self, exit_code: int) -> None:
+        """Close the W&B run this command started: Lightning leaves it open, and the next command
+        in the same process (``avvp-ablate``, a notebook, the tests) would log into it."""
+        wandb = sys.modules.get("wandb")
+        loggers = getattr(getattr(self, "trainer", None), "loggers", None) or []
+        if wandb is not None and getattr(wandb, "run", None) is not None \
+                and any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+            wandb.finish(exit_code=exit_code)
 
     # ----------------------------------------------------------------- run folder
     def run_dir(self) -> Path:
@@ -690,9 +736,12 @@ class AVVPCLI(LightningCLI):
                 name=f"{cfg.run.name}-seed{cfg.seed_everything}",
                 group=cfg.run.group or cfg.run.name,
                 tags=list(cfg.run.tags),
-                job_type=self.subcommand,
+                job_type=self.job_prefix + self.subcommand,
                 save_dir=str(run_dir),
                 offline=mode != "online",
+                # wandb.init's own argument: --run.wandb wins over $WANDB_MODE (and over the "dryrun"
+                # that Lightning leaves there after an offline run in the same process)
+                mode="online" if mode == "online" else "offline",
             )
         )
         return loggers

@@ -87,10 +87,12 @@ class FakeWandbLogger(DummyLogger):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         WANDB_LOGGERS.append(kwargs)
+        self.files = Path(kwargs["save_dir"]) / "wandb" / f"offline-run-fake-{len(WANDB_LOGGERS)}" / "files"
+        self.files.mkdir(parents=True)
 
     @property
-    def experiment(self) -> Any:  # what RunConfigSaver uses
-        return SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), save=lambda *a, **k: None)
+    def experiment(self) -> Any:  # what RunConfigSaver and RunRecorder use
+        return SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), dir=str(self.files))
 
 
 FakeWandbLogger.__name__ = "WandbLogger"  # RunConfigSaver recognises W&B loggers by class name

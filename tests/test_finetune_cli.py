@@ -193,6 +193,25 @@ def test_predict_never_replaces_a_tests_outputs(tiny_root: Path, tmp_path: Path)
         main(["predict", *small_args(tiny_root, tmp_path / "runs"), "--ckpt_path", "best",
               "--model.output_dir", str(tested / "metrics.json" / "sub")])  # before the data loads, not after
 
+
+@pytest.mark.slow
+def test_offline_wandb_runs_hold_copies_and_move_aside_with_their_run(tiny_root: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the option wins over the environment
+    args = [*small_args(tiny_root, tmp_path), "--run.wandb", "offline", "--trainer.max_epochs=1"]
+    main(["fit", *args])
+    run_dir = tmp_path / "base_adv_skip_gcaa" / "seed0"
+    (first,) = (run_dir / "wandb").glob("offline-run-*")
+    saved = first / "files" / "config-fit.yaml"
+    assert saved.is_file() and not saved.is_symlink()  # a copy: a later fit here cannot change it
+    with pytest.warns(UserWarning, match="held an earlier run"):
+        main(["fit", *args, "--model.dropout", "0.2"])
+    (previous,) = (run_dir / "previous").iterdir()
+    assert (previous / "wandb" / first.name).is_dir()  # the earlier W&B run went with its run
+    (second,) = (run_dir / "wandb").glob("offline-run-*")
+    assert "dropout: 0.2" in (second / "files" / "config-fit.yaml").read_text()
+    assert "dropout: 0.2" not in (previous / "wandb" / first.name / "files" / "config-fit.yaml").read_text()
+
 def _precision(run_dir: Path, subcommand: str = "fit") -> str:
     return json.loads((run_dir / "run.json").read_text())[subcommand]["config"]["trainer"]["precision"]
 
