@@ -482,6 +482,24 @@ class AVVPCLI(LightningCLI):
                                  "faster CPU steps; resident memory stays at least at its peak). "
                                  "Results are unchanged.")
 
+    SUBCOMMAND_HELP = {
+        "fit": "Train a run (or resume it: --ckpt_path last); checkpoints, logs and configs in its run folder.",
+        "validate": "Score a checkpoint (--ckpt_path best|last|FILE) on the validation set.",
+        "test": "Score a checkpoint (--ckpt_path best|last|FILE) on the test set; metrics and prediction CSVs.",
+        "predict": "Parse the videos of a split or a list (--data.predict_split) with a checkpoint; prediction "
+                   "CSVs and probabilities.",
+    }
+
+    def _add_subcommands(self, parser: Any, **kwargs: Any) -> None:
+        """LightningCLI's subcommands, described as they work here (Lightning's first docstring lines were cut)."""
+        for name, text in self.SUBCOMMAND_HELP.items():
+            kwargs.setdefault(name, {}).setdefault("description", text)
+        super()._add_subcommands(parser, **kwargs)
+        for action in parser._actions:
+            for choice in getattr(action, "_choices_actions", ()):
+                if choice.dest in self.SUBCOMMAND_HELP:
+                    choice.help = self.SUBCOMMAND_HELP[choice.dest]
+
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         """LightningCLI's subcommand parser, with help that says what these options do here."""
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
