@@ -291,8 +291,9 @@ class RunRecorder(Callback):
                   f"{trainer.default_root_dir} is left as it is, its run.json and config-fit.yaml too", flush=True)
             return
         if self.record["subcommand"] == "fit" and not self.resumed:
-            current = {Path(logger.experiment.dir).parent.resolve() for logger in trainer.loggers  # (made by now)
-                       if type(logger).__name__ == "WandbLogger"}
+            # This fit's own W&B runs, by id (made by now; in a ddp_spawn worker the run is re-attached
+            # and its .dir names the working folder, not the run folder)
+            current = {str(logger.experiment.id) for logger in trainer.loggers if type(logger).__name__ == "WandbLogger"}
             moved = retire_earlier_run(Path(trainer.default_root_dir), keep=current)
             if moved is not None:
                 warnings.warn(f"{trainer.default_root_dir} held an earlier run: its checkpoints and results are now "
@@ -319,11 +320,11 @@ def smoke_over_earlier_run(trainer: Trainer) -> bool:
     return smoke and _holds_run(Path(trainer.default_root_dir))
 
 
-def retire_earlier_run(run_dir: Path, keep: Optional[set[Path]] = None) -> Optional[Path]:
+def retire_earlier_run(run_dir: Path, keep: Optional[set[str]] = None) -> Optional[Path]:
     """Move an earlier run's checkpoints and results into ``<run_dir>/previous/<UTC time>/``.
 
     Nothing happens (None) unless the folder holds a checkpoint. Its W&B runs
-    (``wandb/offline-run-*``, ``wandb/run-*``) move too, but those in ``keep`` (this fit's own),
+    (``wandb/offline-run-*``, ``wandb/run-*``) move too, but those whose id is in ``keep`` (this fit's own),
     so that ``wandb sync`` of the folder uploads the new run alone under its name and group. The
     CSV logs stay: they are kept per invocation anyway (``csv/version_N``).
     """
@@ -341,7 +342,7 @@ def retire_earlier_run(run_dir: Path, keep: Optional[set[Path]] = None) -> Optio
             os.replace(run_dir / name, target / name)
     wandb_dir = run_dir / "wandb"
     earlier = [p for p in (wandb_dir.iterdir() if wandb_dir.is_dir() else ())
-               if p.name.startswith(("offline-run-", "run-")) and p.is_dir() and p.resolve() not in (keep or set())]
+               if p.name.startswith(("offline-run-", "run-")) and p.is_dir() and p.name.rsplit("-", 1)[-1] not in (keep or set())]
     for folder in earlier:
         (target / "wandb").mkdir(exist_ok=True)
         os.replace(folder, target / "wandb" / folder.name)
@@ -388,6 +389,16 @@ def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
                         "another folder (--run.name, --run.output_dir)")
 
 
+def _wandb_files(run: Any, run_dir: Path) -> Optional[Path]:
+    """The files folder of a W&B run: its ``dir``, or (a run re-attached in a ``ddp_spawn`` worker,
+    whose ``dir`` names the working folder) the one of its id under ``<run_dir>/wandb``; None if neither."""
+    files = Path(run.dir)
+    if files.is_dir():
+        return files
+    found = sorted((run_dir / "wandb").glob(f"*-{run.id}/files"))
+    return found[0] if found else None
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Writes the resolved config into the run folder and into the W&B run.
 
@@ -422,7 +433,9 @@ class RunConfigSaver(SaveConfigCallback):
                 logger.experiment.config.update(yaml.safe_load(path.read_text()), allow_val_change=True)
                 # A copy in the run's files folder (uploaded with the run; W&B's save() would link the
                 # file, and a later fit or test in this folder would change what the link shows)
-                shutil.copy2(path, Path(logger.experiment.dir) / path.name)
+                files = _wandb_files(logger.experiment, run_dir)
+                if files is not None:
+                    shutil.copy2(path, files / path.name)
 
 
 class AVVPCLI(LightningCLI):
@@ -506,11 +519,11 @@ class AVVPCLI(LightningCLI):
         helps = {
             "config": "A config file (YAML), or the bare name of a bundled one; several are applied in order, "
                       "after defaults.yaml. Give it after the subcommand.",
-            "seed_everything": "Seed of the run (an int; default 0): weights, data order and dropout; the run "
-                               "folder is <run.output_dir>/<run.name>/seed<seed>.",
-            "ckpt_path": ("'last' resumes this run from its checkpoints/last.ckpt (with the options it began "
-                          "with); another checkpoint file continues that training here as a new run. Without: "
-                          "a new run." if subcommand == "fit" else
+            "seed_everything": "Seed of the run (an int; default 0; true: a random one): weights, data order and "
+                               "dropout; the run folder is <run.output_dir>/<run.name>/seed<seed>.",
+            "ckpt_path": ("'last' (or 'best', or one of this run's checkpoint files) resumes this run; give the "
+                          "options it began with again (a change is an error). Another run's checkpoint file "
+                          "continues that training here as a new run. Without: a new run." if subcommand == "fit" else
                           "Required: 'best' or 'last' (this run's checkpoints/best.ckpt, last.ckpt) or a "
                           "checkpoint file."),
             "weights_only": "Load the checkpoint with torch.load(weights_only=True) (the default, also when "
@@ -578,9 +591,11 @@ class AVVPCLI(LightningCLI):
         in the same process (``avvp-ablate``, a notebook, the tests) would log into it."""
         wandb = sys.modules.get("wandb")
         loggers = getattr(getattr(self, "trainer", None), "loggers", None) or []
-        if wandb is not None and getattr(wandb, "run", None) is not None \
-                and any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        ours = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
+        if wandb is not None and getattr(wandb, "run", None) is not None and ours:
             wandb.finish(exit_code=exit_code)
+            for logger in ours:  # a trainer used again (a notebook) starts a new run instead of a finished one
+                logger._experiment = None
 
     # ----------------------------------------------------------------- run folder
     def run_dir(self) -> Path:

@@ -87,12 +87,13 @@ class FakeWandbLogger(DummyLogger):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         WANDB_LOGGERS.append(kwargs)
-        self.files = Path(kwargs["save_dir"]) / "wandb" / f"offline-run-fake-{len(WANDB_LOGGERS)}" / "files"
+        self.id = f"fake{len(WANDB_LOGGERS)}"
+        self.files = Path(kwargs["save_dir"]) / "wandb" / f"offline-run-0-{self.id}" / "files"
         self.files.mkdir(parents=True)
 
     @property
     def experiment(self) -> Any:  # what RunConfigSaver and RunRecorder use
-        return SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), dir=str(self.files))
+        return SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), dir=str(self.files), id=self.id)
 
 
 FakeWandbLogger.__name__ = "WandbLogger"  # RunConfigSaver recognises W&B loggers by class name

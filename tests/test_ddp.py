@@ -214,15 +214,22 @@ def test_finetune_ddp_equals_single_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_finetune_fit_under_ddp_spawn(tmp_path: Path) -> None:
+def test_finetune_fit_under_ddp_spawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ddp_spawn`` pickles the model into its processes: the optimizer from the command line must
-    survive that (LightningCLI's bound ``configure_optimizers`` did not), and the run trains."""
+    survive that (LightningCLI's bound ``configure_optimizers`` did not), and the run trains; with
+    W&B on (its run re-attached in the worker, whose ``dir`` names the working folder), the config
+    is copied into the run folder's W&B run, and a second fit moves the first one's W&B run aside."""
+    monkeypatch.chdir(tmp_path)  # a stray ./wandb would show here
     root = generate_llp(tmp_path / "llp", seed=3, **SPLITS, **DIMS)
     args = ["--data.root", str(root), "--run.output_dir", str(tmp_path / "out"), "--data.batch_size", "4",
             "--model.hidden_dim", "32", "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator", "cpu", *(f"--data.{k}={v}" for k, v in DIMS.items())]
-    finetune(["fit", *args, "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2", "--trainer.max_epochs=1"])
-    last = tmp_path / "out" / "base_adv_skip_gcaa" / "seed0" / "checkpoints" / "last.ckpt"
+            "--trainer.accelerator", "cpu", *(f"--data.{k}={v}" for k, v in DIMS.items()), "--run.wandb", "offline",
+            "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2", "--trainer.max_epochs=1"]
+    run_dir = tmp_path / "out" / "base_adv_skip_gcaa" / "seed0"
+    finetune(["fit", *args])
+    (first,) = (run_dir / "wandb").glob("offline-run-*")
+    assert (first / "files" / "config-fit.yaml").is_file() and not (tmp_path / "wandb").exists()
+    last = run_dir / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True, map_location="cpu")
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 4  # 25 videos padded to 13 per process, batches of 4
     assert ckpt["optimizer_states"][0]["state"]  # Adam stepped: moments for every parameter
@@ -230,6 +237,11 @@ def test_finetune_fit_under_ddp_spawn(tmp_path: Path) -> None:
     torch.manual_seed(0)
     initial = ParserModule(**DIMS, hidden_dim=32, ffn_dim=32).state_dict()
     assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in initial.items())
+    finetune(["fit", *args, "--model.dropout", "0.2"])  # (its warning is the spawned worker's)
+    (previous,) = (run_dir / "previous").iterdir()
+    assert [p.name for p in (previous / "wandb").iterdir()] == [first.name]
+    (second,) = (run_dir / "wandb").glob("offline-run-*")  # this fit's own run stayed
+    assert "dropout: 0.2" in (second / "files" / "config-fit.yaml").read_text()
 
 
 @pytest.mark.slow
