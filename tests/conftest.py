@@ -19,6 +19,12 @@ def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["AVVP_DATA_DIR"] = str(tmp_path_factory.mktemp("avvp_data"))
 
 
+@pytest.fixture(autouse=True)
+def _wandb_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B off in every test, also after one whose offline run made Lightning set WANDB_MODE=dryrun."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
 @pytest.fixture
 def fresh_dynamo() -> Iterator[None]:
     """torch.compile's (dynamo's) caches empty before and after the test: no graphs leak between tests."""

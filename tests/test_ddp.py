@@ -220,6 +220,7 @@ def test_finetune_fit_under_ddp_spawn(tmp_path: Path, monkeypatch: pytest.Monkey
     W&B on (its run re-attached in the worker, whose ``dir`` names the working folder), the config
     is copied into the run folder's W&B run, and a second fit moves the first one's W&B run aside."""
     monkeypatch.chdir(tmp_path)  # a stray ./wandb would show here
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # restored after: Lightning sets it to "dryrun" for offline runs
     root = generate_llp(tmp_path / "llp", seed=3, **SPLITS, **DIMS)
     args = ["--data.root", str(root), "--run.output_dir", str(tmp_path / "out"), "--data.batch_size", "4",
             "--model.hidden_dim", "32", "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false",
