@@ -162,10 +162,7 @@ def plan_runs(configs: list[str], seeds: list[int], output_dir: str | Path) -> l
 
 
 def _release() -> None:
-    """Finish the W&B run Lightning leaves open and free memory before the next run."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    """Free memory before the next run (each command finishes its own W&B run: AVVPCLI._finish_wandb)."""
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
