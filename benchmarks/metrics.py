@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from avvp_lightning.data.cli import positive_int
 from avvp_lightning.metrics import METRIC_KEYS, avvp_scores
 from avvp_lightning.metrics.functional import pair_table
 
@@ -129,14 +130,6 @@ def best_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def main(args: list[str] | None = None) -> None:

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from avvp_lightning.cli import native_bf16, reuse_freed_memory  # noqa: E402
+from avvp_lightning.data.cli import positive_int  # noqa: E402
 from avvp_lightning.data.datamodules import LLPDataModule  # noqa: E402
 from avvp_lightning.data.llp import DENSE_FILES, FEATURE_DIRS, SPLIT_FILES, read_dense_truth  # noqa: E402
 from avvp_lightning.data.store import ResidentBatches, pack_store, read_store  # noqa: E402
@@ -459,14 +460,6 @@ def reference_worker() -> None:
 
 
 # ------------------------------------------------------------------------------------------ main
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds: the temporary data is removed, the worker stopped
 

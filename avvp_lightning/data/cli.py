@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp
+from avvp_lightning.data.llp import FEATURE_DIMS, FEATURE_DIRS, read_llp, resolve_list
 from avvp_lightning.data.store import (
     DEFAULT_STORE_DIR, is_store, pack_store, packed_options, read_index, stale_reasons, store_options,
 )
@@ -55,10 +55,7 @@ def _check(args: argparse.Namespace) -> int:
     options = dict(audio_dir=args.audio_dir, visual_dir=args.visual_dir, motion_dir=args.motion_dir,
                    audio_dim=args.audio_dim, visual_dim=args.visual_dim, motion_dim=args.motion_dim,
                    num_segments=args.num_segments)
-    listed = Path(args.list).expanduser() if args.list else None  # as predict resolves it: as given, else under ROOT
-    if listed is not None and not listed.is_absolute() and not listed.exists():
-        listed = Path(args.root) / listed
-    lists = {"predict": listed} if listed is not None else {}
+    lists = {"predict": resolve_list(args.root, args.list)} if args.list else {}  # as predict resolves it
     splits = args.splits if args.splits is not None else ([] if lists else ["train", "val", "test"])
     data = read_llp(args.root, [*splits, *lists], lists=lists, keep=False, problems=problems, **options)
     if problems:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avvp_lightning.data.llp import (
     FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, note_split_listings, raise_problems, read_llp,
-    read_video_list,
+    read_video_list, resolve_list,
 )
 from avvp_lightning.data.sampling import EpochShuffleSampler, loader_generator
 from avvp_lightning.data.store import ResidentBatches, read_index, read_store
@@ -176,12 +176,6 @@ def _eval_loader(datamodule: pl.LightningDataModule, split: str) -> DataLoader:
     return _loader(dataset, datamodule.batch_size, datamodule.num_workers, shuffle=False, sampler=sampler)
 
 
-def _resolve(root: Path, path: str) -> Path:
-    """A path as given when it exists (or is absolute), else relative to the dataset root."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() or candidate.exists() else root / candidate
-
-
 class LLPDataModule(pl.LightningDataModule):
     """The LLP benchmark (or a dataset in its layout) for training and evaluating video parsers.
 
@@ -270,7 +264,7 @@ class LLPDataModule(pl.LightningDataModule):
             if hp.predict_split in SPLIT_FILES:
                 splits.append(hp.predict_split)
             else:
-                lists["predict"] = _resolve(root, hp.predict_split)
+                lists["predict"] = resolve_list(root, hp.predict_split)
         problems: list[str] = []
         options = dict(audio_dir=hp.audio_dir, visual_dir=hp.visual_dir, motion_dir=hp.motion_dir,
                        audio_dim=hp.audio_dim, visual_dim=hp.visual_dim, motion_dim=hp.motion_dim,
@@ -390,7 +384,7 @@ class SnippetDataModule(pl.LightningDataModule):
 
     def _lists(self, root: Path, problems: list[str]) -> dict[str, tuple[list[str], list[str]]]:
         """``{"train"|"val": (filenames, "file, line n" per video)}``."""
-        listed = _resolve(root, self.hparams.list_csv)
+        listed = resolve_list(root, self.hparams.list_csv)
         csvs = {"all": listed}
         if not listed.is_file() and (root / SPLIT_FILES["train"]).is_file():
             csvs = {"train": root / SPLIT_FILES["train"]}

@@ -46,6 +46,12 @@ def video_id(filename: str) -> str:
     return filename[:ID_LENGTH]
 
 
+def resolve_list(root: str | Path, path: str | Path) -> Path:
+    """A video list's path as given when it exists (or is absolute), else relative to the dataset root."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() or candidate.exists() else Path(root) / candidate
+
+
 MAX_LISTED = 20  # problems spelled out in one DataError; check_dataset returns them all
 
 
