@@ -182,6 +182,7 @@ def test_unwritable_output_is_one_line_before_the_data_loads(tiny_root: Path, tm
     with pytest.raises(DataError, match=r"cannot write the run folder: .* is not writable \(give another"):
         main(["test", *small_args(tiny_root, tmp_path / "ro"), "--ckpt_path", "last"])
     monkeypatch.undo()
+    capsys.readouterr()  # (what the runs above printed: Lightning's warnings go to stderr under -p no:warnings)
     with pytest.raises(SystemExit) as exit_info, command_line_errors(None, "avvp-finetune"):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run.json"))
     assert exit_info.value.code == 1
