@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -227,6 +228,52 @@ class Case:
             if kept[3] is not None:  # the GPU's dropout draws
                 torch.cuda.set_rng_state_all(kept[3])
         return videos / seconds
+
+
+def training_flops(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Matrix-product FLOPs per training video of each model form: forward, loss and backward.
+
+    As ``torch.utils.flop_counter`` counts them (products and attention; elementwise work is
+    not counted). The count depends on the shapes only, so it is made on fresh models at the
+    batch given, with torch's random state put back afterwards (dropout draws in training mode).
+    Keys: ``frames`` (the reference's HAN model, 80 frames projected), ``pooled`` (HAN's model,
+    pooled first: B0, B, C0, C, F-HAN), ``paper`` (the paper's model, as ``fit`` trains it: F).
+    """
+    audio, visual, motion, label = (batch[k].to(device) for k in ("audio", "visual", "motion", "label"))
+    pooled = visual.view(len(visual), audio.shape[1], -1, visual.shape[-1]).mean(2)  # (B, 80, D) -> (B, 10, D)
+    han, paper = {"lambda_g": 1.0, "lambda_ad": 0.0}, {"lambda_g": 0.6, "lambda_ad": 0.4}
+    forms = {
+        "frames": (lambda: ReferenceParser(True, architecture="han"), visual, han),
+        "pooled": (lambda: AVVPParser(architecture="han"), pooled, han),
+        "paper": (lambda: AVVPParser(architecture="base", attention="gcaa", skip=True, adversarial=True), pooled, paper),
+    }
+    flops = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for name, (build, vis, weights) in forms.items():
+            model = build().to(device).train()
+            with FlopCounterMode(display=False) as counter:
+                out = {k: v.float() for k, v in model(audio, vis, motion).items() if v is not None}
+                parser_loss(out, label.float(), **weights)["total"].backward()
+            flops[name] = counter.get_total_flops() / len(label)
+    return flops
+
+
+def product_ceiling(device: torch.device, bf16: bool) -> dict[str, float]:
+    """GFLOP/s of one large square matrix product on ``device`` (fp32, and bf16 where native):
+    what the device's products reach at best (2048^3 on a CPU, 8192^3 on a GPU)."""
+    n = 8192 if device.type == "cuda" else 2048
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if bf16 else 1]:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        times = []
+        for _ in range(5):
+            _sync(device)
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        rates[name] = 2 * n**3 / min(times[1:]) / 1e9  # the first: warm-up
+    return rates
 
 
 def _sync(device: torch.device) -> None:
@@ -563,6 +610,8 @@ def main(argv: list[str] | None = None) -> None:
                 for case in cases[1:3]:  # B0 (stock pieces), B (ours): pooled input
                     fast_out = case.model.eval()(args[0], pooled, args[2])["video_prob"]
                     torch.testing.assert_close(fast_out, ref_out, rtol=1e-4, atol=1e-5)
+            flops = training_flops(batch, device)
+            ceiling = product_ceiling(device, bf16)
             for case in cases:
                 warm = case.warm_up()
                 if case.key == "C+comp":
@@ -602,13 +651,16 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             worker.close()  # also when a case or a fit raises
 
-    report(opts, cases, fits, bf16, ref_eval, ours_eval)
+    report(opts, cases, fits, bf16, ref_eval, ours_eval, flops, ceiling)
 
 
 def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTimer], bf16: bool,
-           ref_eval: tuple[float, float], ours_eval: tuple[float, float]) -> None:
+           ref_eval: tuple[float, float], ours_eval: tuple[float, float], flops: dict[str, float],
+           ceiling: dict[str, float]) -> None:
     prec = "bf16" if bf16 else "fp32"
     rate = {c.key: statistics.median(c.rates) for c in cases}
+    # each case's model form, for its matrix-product work per video
+    form = {"A": "frames", "A'": "frames", "F": "paper", "F+comp": "paper", "F-eager": "paper"}
     rows = [(c.key, c.label, c.path, "80 frames" if c.frames else "pooled", c.batch, "bf16" if c.bf16 else "fp32",
              rate[c.key], statistics.median(c.epoch_s), min(c.rates), max(c.rates)) for c in cases]
     for key, timer in fits.items():
@@ -622,10 +674,20 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "
           f"(min-max)" + (f"; fits: median of {opts.epochs} after a warm-up epoch" if fits else ""))
     print(f"{'':<8}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
-          f"{'epoch s':>9}{'vs A':>7}   range")
+          f"{'epoch s':>9}{'vs A':>7}   range    GFLOP/s")
     for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
+        gflops = r * flops[form.get(key, "pooled")] / 1e9  # the rate of its matrix products, over the whole epoch
         print(f"{key:<8}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
-              f"{r / rate['A']:>6.1f}x   {lo:.0f}-{hi:.0f}")
+              f"{r / rate['A']:>6.1f}x   {f'{lo:.0f}-{hi:.0f}':<9}{gflops:>7.0f}")
+    print("\nMatrix products per training video (forward, loss and backward, as torch.utils.flop_counter counts them)")
+    for name, what in (("frames", "the reference's HAN model, 80 frames projected (A, A')"),
+                       ("pooled", "HAN's model, pooled first (B0, B, C0, C, F-HAN)"),
+                       ("paper", "the paper's model, pooled first (F)")):
+        print(f"  {flops[name] / 1e6:6.0f} MFLOP  {what}")
+    print("  GFLOP/s in the table: videos/s x these; one large product on this device: "
+          + ", ".join(f"{v:.0f} GFLOP/s {k}" for k, v in ceiling.items()))
+    print(f"  Where the products set the pace, B / A stays near {flops['frames'] / flops['pooled']:.2f}x (the ratio "
+          "of their products), plus what the reference's data path costs.")
     print("\nSpeed-ups (paired: median over rounds of each ratio, with its range)")
     lines = [
         ("B / A", "fast path vs reference, HAN's batch 16 fp32 (the target: >= 2x)"),

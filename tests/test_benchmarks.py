@@ -40,11 +40,19 @@ def test_train_throughput_runs_every_case_and_prints_paired_ratios(tmp_path: Pat
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     for key in ("A", "B0", "B", "A'", "C0", "C", "F", "F-HAN"):
-        assert re.search(rf"^{re.escape(key)}\s+\S.*\d+\.\d+x\s+\d+-\d+$", out, re.M), f"no row for case {key}"
+        assert re.search(rf"^{re.escape(key)}\s+\S.*\d+\.\d+x\s+\d+-\d+\s+\d+$", out, re.M), f"no row for case {key}"
     # Paired ratios for the cases (per round) and for the fits (each epoch over an A epoch after it)
     for ratio in ("B / A", "B0 / A", "C / A'", "C0 / A'", "C / A", "F / A", "F-HAN / A"):
         assert re.search(rf"^  {re.escape(ratio)}\s+\d+\.\d\dx\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\dx", out, re.M), ratio
     assert re.search(r"A right after each: \d+", out)
+    products = re.search(r"^ +(\d+) MFLOP  the reference's.*\n +(\d+) MFLOP  HAN's model, pooled.*\n +(\d+) MFLOP  "
+                         r"the paper's.*\n.*one large product on this device: \d+ GFLOP/s fp32.*\n.*B / A stays near "
+                         r"(\d+\.\d\d)x", out, re.M)
+    assert products, "no lines on the matrix products"
+    frames, pooled, paper = (int(products[i]) for i in (1, 2, 3))
+    # HAN's model: 80 projections of 2048 -> 512 per video instead of 10 (forward and weight gradient)
+    assert frames - pooled == pytest.approx(2 * 2 * 70 * 2048 * 512 / 1e6, abs=1)
+    assert paper > pooled and float(products[4]) == pytest.approx(frames / pooled, abs=0.01)
     assert re.search(r"test segment Type@AV after the timed epochs .*: A \d+\.\d, .*F \d+\.\d, F-HAN \d+\.\d$", out, re.M)
     assert re.search(r"reference \(per-file.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
     assert re.search(r"ours \(store.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
