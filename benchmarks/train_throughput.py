@@ -28,6 +28,11 @@ synthetic LLP set at the real feature sizes, generated into a temporary folder::
         reference's way (per-file loading, one video a step, float32, per-video Python metrics)
         and ours (store, batch 64, vectorized metrics).
 
+The table also gives each case's matrix products in GFLOP/s (videos/s x the products per
+training video, which torch's FLOP counter counts for each model form) beside one large product
+on the device: how close each case runs to what the device's products can do, and so what bounds
+B / A at the same batch and precision.
+
 After the timed epochs every case's model is scored on the test videos (segment Type@AV), so
 that the cases can be seen to learn the same thing: each has trained the same number of epochs
 (the A epochs timed next to each fit epoch are timings only, undone afterwards).
@@ -237,34 +242,38 @@ def training_flops(batch: dict[str, torch.Tensor], device: torch.device) -> dict
     not counted). The count depends on the shapes only, so it is made on fresh models at the
     batch given, with torch's random state put back afterwards (dropout draws in training mode).
     Keys: ``frames`` (the reference's HAN model, 80 frames projected), ``pooled`` (HAN's model,
-    pooled first: B0, B, C0, C, F-HAN), ``paper`` (the paper's model, as ``fit`` trains it: F).
+    pooled first: B0, B, C0, C, F-HAN), ``paper`` (the paper's model and loss, as ``fit`` builds
+    them with its defaults: F).
     """
     audio, visual, motion, label = (batch[k].to(device) for k in ("audio", "visual", "motion", "label"))
     pooled = visual.view(len(visual), audio.shape[1], -1, visual.shape[-1]).mean(2)  # (B, 80, D) -> (B, 10, D)
-    han, paper = {"lambda_g": 1.0, "lambda_ad": 0.0}, {"lambda_g": 0.6, "lambda_ad": 0.4}
-    forms = {
-        "frames": (lambda: ReferenceParser(True, architecture="han"), visual, han),
-        "pooled": (lambda: AVVPParser(architecture="han"), pooled, han),
-        "paper": (lambda: AVVPParser(architecture="base", attention="gcaa", skip=True, adversarial=True), pooled, paper),
-    }
     flops = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for name, (build, vis, weights) in forms.items():
-            model = build().to(device).train()
+        module = ParserModule()  # the paper's model: the module's defaults are defaults.yaml's
+        forms = {  # model, its visual input, its loss weights
+            "frames": (ReferenceParser(True, architecture="han"), visual, (1.0, 0.0)),  # HAN's loss
+            "pooled": (AVVPParser(architecture="han"), pooled, (1.0, 0.0)),
+            "paper": (module.parser, pooled, (module.hparams.lambda_g, module.hparams.lambda_ad)),
+        }
+        for name, (model, vis, (lambda_g, lambda_ad)) in forms.items():
+            model.to(device).train()
             with FlopCounterMode(display=False) as counter:
                 out = {k: v.float() for k, v in model(audio, vis, motion).items() if v is not None}
-                parser_loss(out, label.float(), **weights)["total"].backward()
+                parser_loss(out, label.float(), lambda_g=lambda_g, lambda_ad=lambda_ad)["total"].backward()
             flops[name] = counter.get_total_flops() / len(label)
     return flops
 
 
 def product_ceiling(device: torch.device, bf16: bool) -> dict[str, float]:
     """GFLOP/s of one large square matrix product on ``device`` (fp32, and bf16 where native):
-    what the device's products reach at best (2048^3 on a CPU, 8192^3 on a GPU)."""
+    what the device's products reach at best (2048^3 on a CPU, 8192^3 on a GPU). Its operands
+    come from a generator of their own, so torch's random state (the cases' dropout) is untouched."""
     n = 8192 if device.type == "cuda" else 2048
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16} if bf16 else {"fp32": torch.float32}
+    generator = torch.Generator(device).manual_seed(0)
     rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if bf16 else 1]:
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for name, dtype in dtypes.items():
+        a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
         times = []
         for _ in range(5):
             _sync(device)
@@ -273,6 +282,7 @@ def product_ceiling(device: torch.device, bf16: bool) -> dict[str, float]:
             _sync(device)
             times.append(time.perf_counter() - start)
         rates[name] = 2 * n**3 / min(times[1:]) / 1e9  # the first: warm-up
+        del a, b
     return rates
 
 
@@ -660,7 +670,8 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     prec = "bf16" if bf16 else "fp32"
     rate = {c.key: statistics.median(c.rates) for c in cases}
     # each case's model form, for its matrix-product work per video
-    form = {"A": "frames", "A'": "frames", "F": "paper", "F+comp": "paper", "F-eager": "paper"}
+    form = {"A": "frames", "A'": "frames", "B0": "pooled", "B": "pooled", "C0": "pooled", "C": "pooled",
+            "C+comp": "pooled", "F": "paper", "F-HAN": "pooled", "F+comp": "paper", "F-eager": "paper"}
     rows = [(c.key, c.label, c.path, "80 frames" if c.frames else "pooled", c.batch, "bf16" if c.bf16 else "fp32",
              rate[c.key], statistics.median(c.epoch_s), min(c.rates), max(c.rates)) for c in cases]
     for key, timer in fits.items():
@@ -676,18 +687,21 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
     print(f"{'':<8}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
           f"{'epoch s':>9}{'vs A':>7}   range    GFLOP/s")
     for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
-        gflops = r * flops[form.get(key, "pooled")] / 1e9  # the rate of its matrix products, over the whole epoch
+        gflops = r * flops[form[key]] / 1e9  # the rate of its matrix products, over the whole epoch
         print(f"{key:<8}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
               f"{r / rate['A']:>6.1f}x   {f'{lo:.0f}-{hi:.0f}':<9}{gflops:>7.0f}")
     print("\nMatrix products per training video (forward, loss and backward, as torch.utils.flop_counter counts them)")
     for name, what in (("frames", "the reference's HAN model, 80 frames projected (A, A')"),
-                       ("pooled", "HAN's model, pooled first (B0, B, C0, C, F-HAN)"),
-                       ("paper", "the paper's model, pooled first (F)")):
+                       ("pooled", "HAN's model, pooled first (B0, B, C0, C, C+comp, F-HAN)"),
+                       ("paper", "the paper's model, pooled first (F, F+comp, F-eager)")):
         print(f"  {flops[name] / 1e6:6.0f} MFLOP  {what}")
+    ratio, best = flops["frames"] / flops["pooled"], ceiling["fp32"]  # A and B run in fp32
+    a_gflops = rate["A"] * flops["frames"] / 1e9
     print("  GFLOP/s in the table: videos/s x these; one large product on this device: "
           + ", ".join(f"{v:.0f} GFLOP/s {k}" for k, v in ceiling.items()))
-    print(f"  Where the products set the pace, B / A stays near {flops['frames'] / flops['pooled']:.2f}x (the ratio "
-          "of their products), plus what the reference's data path costs.")
+    print(f"  So B / A = {ratio:.2f} (the ratio of the products) x B's GFLOP/s / A's: {ratio:.2f}x where B's "
+          f"products run as efficiently as A's (A's: {100 * a_gflops / best:.0f}% of the fp32 product above), at most "
+          f"{ratio * best / a_gflops:.2f}x where B did nothing but products at that rate.")
     print("\nSpeed-ups (paired: median over rounds of each ratio, with its range)")
     lines = [
         ("B / A", "fast path vs reference, HAN's batch 16 fp32 (the target: >= 2x)"),

@@ -46,16 +46,38 @@ def test_train_throughput_runs_every_case_and_prints_paired_ratios(tmp_path: Pat
         assert re.search(rf"^  {re.escape(ratio)}\s+\d+\.\d\dx\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\dx", out, re.M), ratio
     assert re.search(r"A right after each: \d+", out)
     products = re.search(r"^ +(\d+) MFLOP  the reference's.*\n +(\d+) MFLOP  HAN's model, pooled.*\n +(\d+) MFLOP  "
-                         r"the paper's.*\n.*one large product on this device: \d+ GFLOP/s fp32.*\n.*B / A stays near "
-                         r"(\d+\.\d\d)x", out, re.M)
+                         r"the paper's.*\n.*one large product on this device: (\d+) GFLOP/s fp32.*\n"
+                         r"  So B / A = (\d+\.\d\d) .*\(A's: (\d+)% of the fp32 product above\), at most (\d+\.\d\d)x",
+                         out, re.M)
     assert products, "no lines on the matrix products"
-    frames, pooled, paper = (int(products[i]) for i in (1, 2, 3))
+    frames, pooled, paper, best = (int(products[i]) for i in (1, 2, 3, 4))
     # HAN's model: 80 projections of 2048 -> 512 per video instead of 10 (forward and weight gradient)
     assert frames - pooled == pytest.approx(2 * 2 * 70 * 2048 * 512 / 1e6, abs=1)
-    assert paper > pooled and float(products[4]) == pytest.approx(frames / pooled, abs=0.01)
+    assert paper > pooled and float(products[5]) == pytest.approx(frames / pooled, abs=0.01)
+    # each row's GFLOP/s is its videos/s x its model form's products
+    row = re.search(r"^A\s+.*\s(\d+)\s+\S+\s+1\.0x\s+\d+-\d+\s+(\d+)$", out, re.M)
+    a_rate, a_gflops = int(row[1]), int(row[2])
+    assert a_gflops == pytest.approx(a_rate * frames / 1e3, abs=0.5 + a_rate * 0.5 / 1e3 + frames * 0.5 / 1e3)
+    assert int(products[6]) == pytest.approx(100 * a_gflops / best, abs=1 + 100 / best)
     assert re.search(r"test segment Type@AV after the timed epochs .*: A \d+\.\d, .*F \d+\.\d, F-HAN \d+\.\d$", out, re.M)
     assert re.search(r"reference \(per-file.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
     assert re.search(r"ours \(store.*\d+\.\d\d s\s+segment Type@AV \d+\.\d", out)
+
+
+def test_flop_count_and_product_timing_leave_the_random_state_alone() -> None:
+    """The cases' dropout draws come from torch's generator: the count and the timing, made
+    between the cases' construction and their epochs, must not move it."""
+    bench = _load("train_throughput")
+    torch.manual_seed(1)
+    batch = {"audio": torch.randn(2, 10, 128), "visual": torch.randn(2, 80, 2048), "motion": torch.randn(2, 10, 512),
+             "label": (torch.rand(2, 25) < 0.2).float()}
+    state = torch.get_rng_state()
+    flops = bench.training_flops(batch, torch.device("cpu"))
+    assert torch.equal(state, torch.get_rng_state())
+    bench.product_ceiling(torch.device("cpu"), False)
+    assert torch.equal(state, torch.get_rng_state())
+    # the paper's model as fit builds it: more products than HAN's (GCAA's gates, the discriminator)
+    assert flops["frames"] > flops["paper"] > flops["pooled"]
 
 
 def test_timing_only_epochs_leave_the_case_as_it_was() -> None:
