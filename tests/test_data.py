@@ -26,7 +26,8 @@ from avvp_lightning.data.synthetic import SMALL_DIMS, generate_llp
 from avvp_lightning.errors import DataError
 from avvp_lightning.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
 
-SHARED_LLP = Path(__file__).resolve().parents[2] / "shared" / "llp"
+# the real LLP annotation CSVs: $AVVP_LLP_CSVS, else ../shared/llp beside the checkout (tests skip without them)
+SHARED_LLP = Path(os.environ.get("AVVP_LLP_CSVS") or Path(__file__).resolve().parents[2] / "shared" / "llp")
 T, C = 10, NUM_CLASSES
 DIMS = dict(SMALL_DIMS)  # audio 32, visual 32, motion 16
 
