@@ -529,6 +529,12 @@ class AVVPCLI(LightningCLI):
             "weights_only": "Load the checkpoint with torch.load(weights_only=True) (the default, also when "
                             "unset); false only for a file you trust as code.",
         }
+        if self.auto_precision:
+            helps["trainer.precision"] = (
+                "32-true, bf16-mixed, 16-mixed, bf16-true, 64-true. Unset (the default): "
+                + ("bf16-mixed where the hardware runs bfloat16 natively (a CUDA GPU with bf16, a CPU with "
+                   "AVX512-BF16 or AMX), else 32-true; the choice is printed." if subcommand == "fit" else
+                   "32-true, so that evaluated numbers do not depend on the hardware."))
         for action in parser._actions:
             if action.dest in helps:
                 action.help = helps[action.dest]

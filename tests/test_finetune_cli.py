@@ -151,6 +151,18 @@ def test_help_lists_bundled_configs(capsys: pytest.CaptureFixture) -> None:
         assert name in text
 
 
+@pytest.mark.parametrize("sub", ["fit", "test"])
+def test_precision_help_says_what_unset_means(sub: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main([sub, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # (argparse wraps lines)
+    help_text = text.split("--trainer.precision PRECISION", 2)[-1]
+    expected = ("Unset (the default): bf16-mixed where the hardware runs bfloat16 natively" if sub == "fit" else
+                "Unset (the default): 32-true, so that evaluated numbers do not depend on the hardware")
+    assert help_text.lstrip().startswith("32-true, bf16-mixed") and expected in help_text
+    assert "Default: ``'32-true'``" not in help_text.split("--trainer.", 1)[0]  # Lightning's own text, not true here
+
+
 def test_bare_config_name_resolves_from_any_directory(tiny_root: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
