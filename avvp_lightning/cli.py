@@ -282,8 +282,10 @@ class RunRecorder(Callback):
     def __init__(self) -> None:
         self.record: Optional[dict[str, Any]] = None
         self.resumed = False
+        self.data_loaded = False  # (callbacks' setup runs after the datamodule's)
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:  # noqa: D102
+        self.data_loaded = True
         if self.record is None or not trainer.is_global_zero:
             return
         if self.record["subcommand"] == "fit" and smoke_over_earlier_run(trainer):
@@ -574,11 +576,13 @@ class AVVPCLI(LightningCLI):
         """
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Run the subcommand; when it fails, remove the CSV log folder it left empty.
+        """Run the subcommand; when it fails, remove the log folders it left empty.
 
-        Lightning creates ``csv/version_N`` as a run starts, before the data is read, so a run
-        stopped by bad input would leave an empty folder and the next run would log to
-        ``version_N+1``. Folders holding anything (a resumed run's logs) are kept.
+        Lightning creates ``csv/version_N`` and the W&B run as a run starts, before the data is
+        read, so a run stopped by bad input would leave an empty CSV folder (the next run would log
+        to ``version_N+1``) and an empty offline W&B run (which ``wandb sync`` would upload). Both
+        go, and so do the run folders this command made, when empty. Folders holding anything (a
+        resumed run's logs), and W&B runs of commands whose data had loaded, are kept.
         """
         try:
             super()._run_subcommand(subcommand)
@@ -588,9 +592,35 @@ class AVVPCLI(LightningCLI):
                 for folder in ([Path(logger.log_dir), Path(logger.root_dir)] if logger is not None else []):
                     if folder.is_dir() and not any(folder.iterdir()):  # csv/version_N, then csv
                         folder.rmdir()
+                loggers = getattr(getattr(self, "trainer", None), "loggers", None) or []
+                offline = [str(lg._experiment.id) for lg in loggers
+                           if type(lg).__name__ == "WandbLogger" and lg._offline and lg._experiment is not None]
                 self._finish_wandb(exit_code=1)
+                recorder = getattr(self, "recorder", None)
+                if recorder is not None and not recorder.data_loaded:
+                    self._remove_unstarted(Path(self.trainer.default_root_dir), offline)
             raise
         self._finish_wandb(exit_code=0)
+
+    def _remove_unstarted(self, run_dir: Path, wandb_ids: list[str]) -> None:
+        """Remove what a command stopped before its data loaded made: its offline W&B runs, W&B's
+        links to them, and the folders it created (``before_instantiate_classes``) left empty."""
+        wandb_dir = run_dir / "wandb"
+        for run_id in wandb_ids:
+            for folder in wandb_dir.glob(f"offline-run-*-{run_id}"):
+                shutil.rmtree(folder)
+        if wandb_dir.is_dir():  # W&B's links (latest-run, debug.log, debug-internal.log) back to the latest run left
+            runs = sorted((p for p in wandb_dir.iterdir() if p.name.startswith(("offline-run-", "run-"))
+                           and p.is_dir() and not p.is_symlink()), key=lambda p: p.name.rsplit("-", 2)[-2])
+            for link in wandb_dir.iterdir():
+                if link.is_symlink() and not link.exists():
+                    link.unlink()
+                    if runs:
+                        latest = Path(runs[-1].name)
+                        link.symlink_to(latest if link.name == "latest-run" else latest / "logs" / link.name)
+        for folder in [wandb_dir, *getattr(self, "_made_folders", [])]:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started: Lightning leaves it open, and the next command
@@ -614,6 +644,8 @@ class AVVPCLI(LightningCLI):
             reuse_freed_memory()
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
+        root = Path(cfg.trainer.default_root_dir).absolute()
+        self._made_folders = [p for p in (root, *root.parents) if not p.exists()]  # what a failed start may remove
         check_writable(Path(cfg.trainer.default_root_dir))  # before the data loads, not after
         output_dir = getattr(cfg.get("model"), "output_dir", None)
         if output_dir and self.subcommand in ("test", "predict"):

@@ -147,6 +147,29 @@ def test_bad_input_is_one_clear_error_before_training(case: str, tiny_root: Path
     assert not (run_dir / "csv").exists(), "an empty csv/version_N folder was left behind"
 
 
+def test_bad_input_leaves_no_run_folder_and_no_wandb_run(tiny_root: Path, tmp_path: Path) -> None:
+    """A fit stopped by bad data removes what it made before the data loaded: its run folder
+    (when new and empty) and its empty offline W&B run; an earlier run's W&B runs stay."""
+    root = tmp_path / "llp"
+    shutil.copytree(tiny_root, root)
+    offline = ["--run.wandb", "offline"]
+    main(["fit", *small_args(tiny_root, tmp_path / "good"), "--trainer.max_epochs=1", *offline])
+    run_dir = tmp_path / "good" / RUN
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    assert any(p.name.startswith("offline-run-") for p in (run_dir / "wandb").iterdir())
+    _feature(root).unlink()
+    with pytest.raises(DataError, match="missing feature file"):
+        main(["fit", *small_args(root, tmp_path / "new" / "runs"), *offline])
+    assert not (tmp_path / "new").exists()  # made by the failed fit, removed again
+    with pytest.raises(DataError, match="missing feature file"):
+        main(["fit", *small_args(root, tmp_path / "good"), *offline])  # in the earlier run's folder
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    earlier = next((run_dir / "wandb").glob("offline-run-*"))
+    assert (run_dir / "wandb" / "latest-run").resolve() == earlier.resolve()  # W&B's link, back to the earlier run
+    main(["fit", *small_args(tiny_root, tmp_path / "good"), "--trainer.max_epochs=1", *offline])
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # the new fit's; the earlier one moved aside
+
+
 @pytest.mark.slow
 def test_console_script_prints_one_error_line_and_exits_2(tiny_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "llp"
