@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -49,6 +50,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from pytorch_lightning.utilities import rank_zero_info
 
 from avvp_lightning import runinfo
@@ -582,7 +584,9 @@ class AVVPCLI(LightningCLI):
         read, so a run stopped by bad input would leave an empty CSV folder (the next run would log
         to ``version_N+1``) and an empty offline W&B run (which ``wandb sync`` would upload). Both
         go, and so do the run folders this command made, when empty. Folders holding anything (a
-        resumed run's logs), and W&B runs of commands whose data had loaded, are kept.
+        resumed run's logs), and W&B runs of commands whose data had loaded, are kept; so are all
+        W&B runs where the data loads in other processes (``ddp_spawn``: this process cannot see
+        how far they got).
         """
         try:
             super()._run_subcommand(subcommand)
@@ -592,35 +596,48 @@ class AVVPCLI(LightningCLI):
                 for folder in ([Path(logger.log_dir), Path(logger.root_dir)] if logger is not None else []):
                     if folder.is_dir() and not any(folder.iterdir()):  # csv/version_N, then csv
                         folder.rmdir()
-                loggers = getattr(getattr(self, "trainer", None), "loggers", None) or []
-                offline = [str(lg._experiment.id) for lg in loggers
-                           if type(lg).__name__ == "WandbLogger" and lg._offline and lg._experiment is not None]
+            unstarted: list[Path] = []  # this command's offline W&B run folders, if its data never loaded
+            recorder, in_process = None, False
+            with suppress(Exception):
+                trainer, recorder = getattr(self, "trainer", None), getattr(self, "recorder", None)
+                launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+                in_process = launcher is None or not isinstance(launcher, _MultiProcessingLauncher)
+                if trainer is not None and recorder is not None and not recorder.data_loaded and in_process:
+                    unstarted = [Path(lg._experiment.dir).parent for lg in trainer.loggers  # <run>/files -> <run>
+                                 if type(lg).__name__ == "WandbLogger" and lg._offline and lg._experiment is not None]
+            with suppress(Exception):
                 self._finish_wandb(exit_code=1)
-                recorder = getattr(self, "recorder", None)
-                if recorder is not None and not recorder.data_loaded:
-                    self._remove_unstarted(Path(self.trainer.default_root_dir), offline)
+            if recorder is not None and not recorder.data_loaded and in_process:
+                with suppress(Exception):
+                    self._remove_unstarted(unstarted)
             raise
         self._finish_wandb(exit_code=0)
 
-    def _remove_unstarted(self, run_dir: Path, wandb_ids: list[str]) -> None:
-        """Remove what a command stopped before its data loaded made: its offline W&B runs, W&B's
-        links to them, and the folders it created (``before_instantiate_classes``) left empty."""
-        wandb_dir = run_dir / "wandb"
-        for run_id in wandb_ids:
-            for folder in wandb_dir.glob(f"offline-run-*-{run_id}"):
-                shutil.rmtree(folder)
-        if wandb_dir.is_dir():  # W&B's links (latest-run, debug.log, debug-internal.log) back to the latest run left
-            runs = sorted((p for p in wandb_dir.iterdir() if p.name.startswith(("offline-run-", "run-"))
-                           and p.is_dir() and not p.is_symlink()), key=lambda p: p.name.rsplit("-", 2)[-2])
-            for link in wandb_dir.iterdir():
+    def _remove_unstarted(self, wandb_runs: list[Path]) -> None:
+        """Remove what a command stopped before its data loaded made: its offline W&B run folders,
+        W&B's links to them (pointed back at the latest run left), and the folders it created
+        (``before_instantiate_classes``) that are empty."""
+        for folder in wandb_runs:
+            if not (folder.name.startswith("offline-run-") and folder.parent.name == "wandb" and folder.is_dir()):
+                continue  # only W&B's own offline run folders
+            if folder.absolute() in getattr(self, "_wandb_before", set()):
+                continue  # there before this command (a W&B run id given twice, as $WANDB_RUN_ID can)
+            wandb_dir = folder.parent
+            shutil.rmtree(folder)
+            runs = sorted((p for p in wandb_dir.iterdir() if p.is_dir() and not p.is_symlink()
+                           and re.match(r"(offline-)?run-\d{8}_\d{6}-", p.name)),
+                          key=lambda p: re.search(r"\d{8}_\d{6}", p.name)[0])
+            for name in ("latest-run", "debug.log", "debug-internal.log"):  # W&B's links, when they dangle now
+                link = wandb_dir / name
                 if link.is_symlink() and not link.exists():
                     link.unlink()
                     if runs:
                         latest = Path(runs[-1].name)
-                        link.symlink_to(latest if link.name == "latest-run" else latest / "logs" / link.name)
-        for folder in [wandb_dir, *getattr(self, "_made_folders", [])]:  # deepest first
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+                        link.symlink_to(latest if name == "latest-run" else latest / "logs" / name)
+        for folder in getattr(self, "_made_folders", []):  # deepest first: the run folder, then its parents
+            for empty in (folder / "wandb", folder):
+                if empty.is_dir() and not any(empty.iterdir()):
+                    empty.rmdir()
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started: Lightning leaves it open, and the next command
@@ -646,6 +663,7 @@ class AVVPCLI(LightningCLI):
             cfg.trainer.default_root_dir = str(self.run_dir())
         root = Path(cfg.trainer.default_root_dir).absolute()
         self._made_folders = [p for p in (root, *root.parents) if not p.exists()]  # what a failed start may remove
+        self._wandb_before = {p.absolute() for p in (root / "wandb").glob("offline-run-*")}  # and may not
         check_writable(Path(cfg.trainer.default_root_dir))  # before the data loads, not after
         output_dir = getattr(cfg.get("model"), "output_dir", None)
         if output_dir and self.subcommand in ("test", "predict"):

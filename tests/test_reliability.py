@@ -170,6 +170,35 @@ def test_bad_input_leaves_no_run_folder_and_no_wandb_run(tiny_root: Path, tmp_pa
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # the new fit's; the earlier one moved aside
 
 
+def test_failure_after_the_data_loaded_keeps_the_wandb_run(tiny_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a start stopped before the data loaded is undone: a fit that fails while training
+    keeps its W&B run (what it logged), its logs and its folder; so does a run given a W&B id
+    that an earlier run of the folder has ($WANDB_RUN_ID)."""
+    from avvp_lightning.finetune.module import ParserModule
+
+    args = [*small_args(tiny_root, tmp_path), "--trainer.max_epochs=2", "--run.wandb", "offline"]
+    monkeypatch.setenv("WANDB_RUN_ID", "samerunid")
+    main(["fit", *args])
+    run_dir = tmp_path / RUN
+    earlier = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(earlier) == 1
+    with pytest.raises(DataError):  # the same W&B id, stopped before its data loaded
+        main(["test", *args, "--ckpt_path", "best", "--data.root", str(tmp_path / "nowhere")])
+    assert earlier[0].is_dir() and any(earlier[0].rglob("*.wandb"))
+    monkeypatch.delenv("WANDB_RUN_ID")
+
+    def fail(self, batch, batch_idx):  # a failure after the data loaded
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ParserModule, "training_step", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["fit", *small_args(tiny_root, tmp_path / "failed"), "--run.wandb", "offline"])
+    failed = tmp_path / "failed" / RUN
+    assert len(list((failed / "wandb").glob("offline-run-*/*.wandb"))) == 1
+    assert (failed / "run.json").is_file()
+
+
 @pytest.mark.slow
 def test_console_script_prints_one_error_line_and_exits_2(tiny_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "llp"
