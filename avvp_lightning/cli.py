@@ -588,6 +588,7 @@ class AVVPCLI(LightningCLI):
         W&B runs where the data loads in other processes (``ddp_spawn``: this process cannot see
         how far they got).
         """
+        open_before = getattr(sys.modules.get("wandb"), "run", None)  # a caller's own W&B run, which Lightning reuses
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
@@ -604,7 +605,8 @@ class AVVPCLI(LightningCLI):
                 in_process = launcher is None or not isinstance(launcher, _MultiProcessingLauncher)
                 if trainer is not None and recorder is not None and not recorder.data_loaded and in_process:
                     unstarted = [Path(lg._experiment.dir).parent for lg in trainer.loggers  # <run>/files -> <run>
-                                 if type(lg).__name__ == "WandbLogger" and lg._offline and lg._experiment is not None]
+                                 if type(lg).__name__ == "WandbLogger" and lg._offline and lg._experiment is not None
+                                 and lg._experiment is not open_before]
             with suppress(Exception):
                 self._finish_wandb(exit_code=1)
             if recorder is not None and not recorder.data_loaded and in_process:
@@ -617,12 +619,13 @@ class AVVPCLI(LightningCLI):
         """Remove what a command stopped before its data loaded made: its offline W&B run folders,
         W&B's links to them (pointed back at the latest run left), and the folders it created
         (``before_instantiate_classes``) that are empty."""
+        wandb_dir = self._run_root / "wandb"
         for folder in wandb_runs:
-            if not (folder.name.startswith("offline-run-") and folder.parent.name == "wandb" and folder.is_dir()):
-                continue  # only W&B's own offline run folders
-            if folder.absolute() in getattr(self, "_wandb_before", set()):
+            if not (folder.name.startswith("offline-run-") and folder.is_dir()
+                    and folder.parent.absolute() == wandb_dir):
+                continue  # only W&B's own offline run folders, in this run's folder
+            if folder.absolute() in self._wandb_before:
                 continue  # there before this command (a W&B run id given twice, as $WANDB_RUN_ID can)
-            wandb_dir = folder.parent
             shutil.rmtree(folder)
             runs = sorted((p for p in wandb_dir.iterdir() if p.is_dir() and not p.is_symlink()
                            and re.match(r"(offline-)?run-\d{8}_\d{6}-", p.name)),
@@ -634,10 +637,9 @@ class AVVPCLI(LightningCLI):
                     if runs:
                         latest = Path(runs[-1].name)
                         link.symlink_to(latest if name == "latest-run" else latest / "logs" / name)
-        for folder in getattr(self, "_made_folders", []):  # deepest first: the run folder, then its parents
-            for empty in (folder / "wandb", folder):
-                if empty.is_dir() and not any(empty.iterdir()):
-                    empty.rmdir()
+        for folder in [wandb_dir] * self._wandb_dir_made + self._made_folders:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def _finish_wandb(self, exit_code: int) -> None:
         """Close the W&B run this command started: Lightning leaves it open, and the next command
@@ -663,7 +665,9 @@ class AVVPCLI(LightningCLI):
             cfg.trainer.default_root_dir = str(self.run_dir())
         root = Path(cfg.trainer.default_root_dir).absolute()
         self._made_folders = [p for p in (root, *root.parents) if not p.exists()]  # what a failed start may remove
+        self._run_root = root
         self._wandb_before = {p.absolute() for p in (root / "wandb").glob("offline-run-*")}  # and may not
+        self._wandb_dir_made = not (root / "wandb").exists()
         check_writable(Path(cfg.trainer.default_root_dir))  # before the data loads, not after
         output_dir = getattr(cfg.get("model"), "output_dir", None)
         if output_dir and self.subcommand in ("test", "predict"):

@@ -161,6 +161,15 @@ def test_bad_input_leaves_no_run_folder_and_no_wandb_run(tiny_root: Path, tmp_pa
     with pytest.raises(DataError, match="missing feature file"):
         main(["fit", *small_args(root, tmp_path / "new" / "runs"), *offline])
     assert not (tmp_path / "new").exists()  # made by the failed fit, removed again
+    import wandb
+
+    own = wandb.init(mode="offline", dir=str(tmp_path / "user"), project="p")  # a caller's run, which Lightning reuses
+    try:
+        with pytest.raises(DataError, match="missing feature file"):
+            main(["fit", *small_args(root, tmp_path / "new"), *offline])
+        assert Path(own.dir).is_dir()
+    finally:
+        wandb.finish()
     with pytest.raises(DataError, match="missing feature file"):
         main(["fit", *small_args(root, tmp_path / "good"), *offline])  # in the earlier run's folder
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
