@@ -597,8 +597,7 @@ class AVVPCLI(LightningCLI):
                 for folder in ([Path(logger.log_dir), Path(logger.root_dir)] if logger is not None else []):
                     if folder.is_dir() and not any(folder.iterdir()):  # csv/version_N, then csv
                         folder.rmdir()
-            unstarted: list[Path] = []  # this command's offline W&B run folders, if its data never loaded
-            recorder, in_process = None, False
+            unstarted: Optional[list[Path]] = None  # this command's offline W&B run folders, when its data never loaded
             with suppress(Exception):
                 trainer, recorder = getattr(self, "trainer", None), getattr(self, "recorder", None)
                 launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
@@ -609,7 +608,7 @@ class AVVPCLI(LightningCLI):
                                  and lg._experiment is not open_before]
             with suppress(Exception):
                 self._finish_wandb(exit_code=1)
-            if recorder is not None and not recorder.data_loaded and in_process:
+            if unstarted is not None:
                 with suppress(Exception):
                     self._remove_unstarted(unstarted)
             raise
