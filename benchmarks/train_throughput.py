@@ -669,11 +669,10 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
            ceiling: dict[str, float]) -> None:
     prec = "bf16" if bf16 else "fp32"
     rate = {c.key: statistics.median(c.rates) for c in cases}
-    # each case's model form, for its matrix-product work per video
-    form = {"A": "frames", "A'": "frames", "B0": "pooled", "B": "pooled", "C0": "pooled", "C": "pooled",
-            "C+comp": "pooled", "F": "paper", "F-HAN": "pooled", "F+comp": "paper", "F-eager": "paper"}
+    # each row ends with its model form (training_flops' key), for its matrix-product work per video
     rows = [(c.key, c.label, c.path, "80 frames" if c.frames else "pooled", c.batch, "bf16" if c.bf16 else "fp32",
-             rate[c.key], statistics.median(c.epoch_s), min(c.rates), max(c.rates)) for c in cases]
+             rate[c.key], statistics.median(c.epoch_s), min(c.rates), max(c.rates),
+             "frames" if c.frames else "pooled") for c in cases]
     for key, timer in fits.items():
         if timer.rates:
             rate[key] = statistics.median(timer.rates)
@@ -681,13 +680,14 @@ def report(opts: argparse.Namespace, cases: list[Case], fits: dict[str, EpochTim
                                              "F+comp": "paper model, compiled",
                                              "F-eager": "paper model, eager steps"}[key]
             rows.append((key, label, "store, device-resident", "pooled", 64, f"{prec}-mixed" if bf16 else "fp32",
-                         rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates)))
+                         rate[key], statistics.median(timer.epoch_s), min(timer.rates), max(timer.rates),
+                         "pooled" if key == "F-HAN" else "paper"))
     print(f"\nTraining throughput, {opts.videos} videos per epoch, median of {len(cases[0].rates)} epochs "
           f"(min-max)" + (f"; fits: median of {opts.epochs} after a warm-up epoch" if fits else ""))
     print(f"{'':<8}{'case':<44}{'data path':<28}{'visual':<11}{'batch':>5}  {'prec':<11}{'videos/s':>9}"
           f"{'epoch s':>9}{'vs A':>7}   range    GFLOP/s")
-    for key, label, path, visual, batch, precision, r, seconds, lo, hi in rows:
-        gflops = r * flops[form[key]] / 1e9  # the rate of its matrix products, over the whole epoch
+    for key, label, path, visual, batch, precision, r, seconds, lo, hi, form in rows:
+        gflops = r * flops[form] / 1e9  # the rate of its matrix products, over the whole epoch
         print(f"{key:<8}{label:<44}{path:<28}{visual:<11}{batch:>5}  {precision:<11}{r:>9.0f}{seconds:>9.2f}"
               f"{r / rate['A']:>6.1f}x   {f'{lo:.0f}-{hi:.0f}':<9}{gflops:>7.0f}")
     print("\nMatrix products per training video (forward, loss and backward, as torch.utils.flop_counter counts them)")
