@@ -23,6 +23,19 @@ cd "$(dirname "$0")/.."
 if ! command -v avvp-finetune > /dev/null && [ -x .venv/bin/avvp-finetune ]; then
     export PATH="$PWD/.venv/bin:$PATH"
 fi
+bin=""
+if ! command -v avvp-finetune > /dev/null && (cd / && python3 -c "import avvp_lightning.finetune.cli") 2> /dev/null; then
+    # installed without its console scripts (pip install --target, say): run the modules instead,
+    # with the working directory off sys.path, so that this repository's folder avvp_lightning
+    # does not shadow the installed package (whose stages are mapped into it)
+    bin=$(mktemp -d)
+    for cmd in finetune:avvp_lightning.finetune.cli data:avvp_lightning.data.cli; do
+        printf '#!/bin/sh\nexec python3 -c "import runpy, sys; sys.path.remove(\\"\\"); sys.argv[0] = \\"avvp-%s\\"; runpy.run_module(\\"%s\\", run_name=\\"__main__\\")" "$@"\n' \
+            "${cmd%%:*}" "${cmd#*:}" > "$bin/avvp-${cmd%%:*}"
+        chmod +x "$bin/avvp-${cmd%%:*}"
+    done
+    export PATH="$bin:$PATH"
+fi
 command -v avvp-finetune > /dev/null || { echo "avvp-finetune not found: activate the environment where avvp-lightning is installed" >&2; exit 1; }
 seconds() { local ms=$(( ($(date +%s%N) - $1) / 1000000 )); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
 failed=()
@@ -47,7 +60,7 @@ stop() {  # STATUS: stop the running step, then exit (the EXIT trap removes the 
     exit "$1"
 }
 rm -f "$OUT/failed.txt"
-trap 'rm -rf "$DATA"' EXIT
+trap 'rm -rf "$DATA" ${bin:+"$bin"}' EXIT
 trap 'stop 130' INT
 trap 'stop 143' TERM
 
