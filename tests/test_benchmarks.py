@@ -34,7 +34,7 @@ def test_train_throughput_runs_every_case_and_prints_paired_ratios(tmp_path: Pat
     bench = _load("train_throughput")
     threads = torch.get_num_threads()  # the script sets torch's threads for the process
     try:
-        bench.main(["--videos", "48", "--val-videos", "8", "--test-videos", "16", "--epochs", "1",
+        bench.main(["--videos", "16", "--val-videos", "4", "--test-videos", "8", "--epochs", "1",
                     "--threads", "1", "--data", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
