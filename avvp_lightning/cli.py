@@ -785,7 +785,10 @@ class AVVPCLI(LightningCLI):
         hparams = dict(getattr(datamodule, "hparams", {}) or {})
         folders = {k.removesuffix("_dir"): v for k, v in hparams.items() if k.endswith("_dir") and isinstance(v, str)}
         store_path = getattr(datamodule, "store_path", None)  # the LLP datamodule's packed store
-        return runinfo.data_fingerprint(root, folders, store_path() if callable(store_path) else None)
+        store = store_path() if callable(store_path) else None
+        if not Path(root).expanduser().is_dir() and (store is None or not Path(store).expanduser().exists()):
+            return None  # no data there: the datamodule's checks name the root, not "other data than the fit's"
+        return runinfo.data_fingerprint(root, folders, store)
 
     def after_test(self) -> None:
         """Add the run record to ``metrics.json`` when the model wrote one."""

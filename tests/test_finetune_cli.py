@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,12 @@ def test_resume_from_last(tiny_root: Path, tmp_path: Path) -> None:
     assert not (run_dir / "previous").exists() and "resumes" not in json.loads((run_dir / "run.json").read_text())["fit"]
     with pytest.warns(UserWarning, match="test on data other than this run's fit"):
         main(["test", *small_args(other, tmp_path), "--ckpt_path", "last"])
+    with warnings.catch_warnings():  # a root that is not there is that, not other data than the fit's
+        warnings.filterwarnings("error", message=".*other than")
+        for command in (["test", *small_args(tmp_path / "nowhere", tmp_path), "--ckpt_path", "last"],
+                        [*resume, "--trainer.max_epochs=3", "--data.root", str(tmp_path / "nowhere")]):
+            with pytest.raises(DataError, match=r"nowhere: not found \(the dataset root"):
+                main(command)
     # The saved config, fed back, is a new run where --run.* says, not a resume into this folder.
     saved = last.parents[1] / "config-fit.yaml"
     text = saved.read_text()
