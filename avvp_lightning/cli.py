@@ -462,7 +462,8 @@ class AVVPCLI(LightningCLI):
         self.command = [f"avvp-{self.stage}", *(sys.argv[1:] if args is None else map(str, args))]  # for run.json
         # The subcommand asked for, when the command line starts with it: only its parser is built in
         # full (each takes ~0.25 s of jsonargparse's signature reading); the others stay bare.
-        self._only_subcommand = self.command[1] if self.command[1:2] and self.command[1] in self.subcommands() else None
+        self._only_subcommand = (self.command[1] if (args is None or isinstance(args, (list, tuple)))
+                                 and self.command[1:2] and self.command[1] in self.subcommands() else None)
         os.environ.setdefault("WANDB_SILENT", "true")
         defaults = str(config_dir(self.stage) / "defaults.yaml")
         description = (
@@ -785,10 +786,10 @@ class AVVPCLI(LightningCLI):
         hparams = dict(getattr(datamodule, "hparams", {}) or {})
         folders = {k.removesuffix("_dir"): v for k, v in hparams.items() if k.endswith("_dir") and isinstance(v, str)}
         store_path = getattr(datamodule, "store_path", None)  # the LLP datamodule's packed store
-        store = store_path() if callable(store_path) else None
-        if not Path(root).expanduser().is_dir() and (store is None or not Path(store).expanduser().exists()):
+        record = runinfo.data_fingerprint(root, folders, store_path() if callable(store_path) else None)
+        if not record["csv"] and "store" not in record and all(f.get("missing") for f in record["features"].values()):
             return None  # no data there: the datamodule's checks name the root, not "other data than the fit's"
-        return runinfo.data_fingerprint(root, folders, store)
+        return record
 
     def after_test(self) -> None:
         """Add the run record to ``metrics.json`` when the model wrote one."""

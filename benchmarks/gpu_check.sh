@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one go (about 5 minutes on one H200), with avvp-lightning installed:
+# The GPU checks in one go (about 5 minutes on one H100 or H200), with avvp-lightning installed:
 #   1. the tests that need a CUDA device (CUDA-graph steps against eager steps, a graphed fit);
 #   2. a full 40-epoch fit at LLP's size (10,000 train / 649 val / 1,200 test synthetic videos,
 #      real feature sizes) with the paper's model and settings (CUDA graphs included), the packed
@@ -29,8 +29,9 @@ if ! command -v avvp-finetune > /dev/null && (cd / && python3 -c "import avvp_li
     # with the working directory off sys.path, so that this repository's folder avvp_lightning
     # does not shadow the installed package (whose stages are mapped into it)
     bin=$(mktemp -d)
+    trap 'rm -rf "$bin"' EXIT
     for cmd in finetune:avvp_lightning.finetune.cli data:avvp_lightning.data.cli; do
-        printf '#!/bin/sh\nexec python3 -c "import runpy, sys; sys.path.remove(\\"\\"); sys.argv[0] = \\"avvp-%s\\"; runpy.run_module(\\"%s\\", run_name=\\"__main__\\")" "$@"\n' \
+        printf '#!/bin/sh\nexec python3 -c "import runpy, sys; sys.path[:] = [p for p in sys.path if p]; sys.argv[0] = \\"avvp-%s\\"; runpy.run_module(\\"%s\\", run_name=\\"__main__\\")" "$@"\n' \
             "${cmd%%:*}" "${cmd#*:}" > "$bin/avvp-${cmd%%:*}"
         chmod +x "$bin/avvp-${cmd%%:*}"
     done
