@@ -72,7 +72,9 @@ def test_dense_truth_quirks_match_loop_reference(tmp_path: Path) -> None:
         ("ccccccccccc_30_40", "0", "12", "Frying_(food)"),  # offset past the end: clipped
     ]
     write_tsv(tmp_path / "dense.csv", ["filename", "onset", "offset", "event_labels"], rows)
-    got = read_dense_truth(tmp_path / "dense.csv", files)
+    with pytest.warns(UserWarning, match=r"dense\.csv: 1 row\(s\) with an onset or offset past the video's 10 "
+                                         r"segments \(line 11: 0/12\); read as HAN does"):
+        got = read_dense_truth(tmp_path / "dense.csv", files)  # (seconds given as milliseconds would lose all)
     np.testing.assert_array_equal(got, reference_dense(rows, files))
     assert got.shape == (3, T, C) and got.dtype == np.float32
     assert got[0, :, CLASS_INDEX["Dog"]].tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
@@ -164,6 +166,9 @@ def test_dense_rows_with_bad_numbers_or_labels(tmp_path: Path) -> None:
     assert not dense[0, :, CLASS_INDEX["Cat"]].any()
     with pytest.raises(DataError, match=f"4 problems in the file {tmp_path / 'd.csv'}:"):  # the file, not "the dataset"
         read_dense_truth(tmp_path / "d.csv", ["abcdefghijk_0_10"])
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DataError, match=r"folder\.csv: not a file \(a folder\?\)"):
+        read_dense_truth(tmp_path / "folder.csv", ["abcdefghijk_0_10"])
 
 
 # ---------------------------------------------------------------------------------- features
@@ -479,7 +484,23 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     np.save(visual / f"{ids[1]}.npy", np.zeros((75, 32), np.float32))
     assert f"{visual / ids[1]}.npy: wrong shape (75, 32), expected (10*k, 32) for a whole k >= 1" in _error(root)
     np.save(visual / f"{ids[1]}.npy", np.full((80, 32), 3e38, np.float32))  # finite, but their sum is not
-    assert f"{visual / ids[1]}.npy: values too large (up to 3e+38): the mean of its frames overflows" in _error(root)
+    assert f"{visual / ids[1]}.npy: values too large (up to 3e+38; features are expected well below 1e+15" \
+        in _error(root)
+    np.save(visual / f"{ids[1]}.npy", np.zeros((80, 32), np.float32))
+    garbage = np.zeros((10, 32), np.float32)  # one value of an uninitialised array: training would turn it into NaN
+    garbage[3, 4] = -1e25
+    np.save(audio / f"{ids[1]}.npy", garbage)
+    assert f"{audio / ids[1]}.npy: values too large (up to 1e+25; " in _error(root)
+    np.save(audio / f"{ids[1]}.npy", np.full((10, 32), 1e300))  # float64 beyond float32's range: not "inf"
+    assert f"{audio / ids[1]}.npy: values too large (up to 1e+300; " in _error(root)
+    np.save(audio / f"{ids[1]}.npy", np.full((10, 32), 1e15, np.float32))  # the limit itself is accepted
+    assert not any(ids[1] in problem for problem in check_dataset(root, **DIMS))
+    np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
+    (audio / f"{ids[1]}.npy").unlink()
+    (audio / f"{ids[1]}.npy").mkdir()  # a folder where the file should be
+    assert f"{audio / ids[1]}.npy: not a file (a folder?) for video '" in _error(root)
+    (audio / f"{ids[1]}.npy").rmdir()
+    np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
     message = _error(root, audio_dim=128)  # every audio file is 32 wide: a hint says what to set
     assert f"{audio}: 31 files are 32 wide where 128 is expected; if they are the features you want, " \
            "set this folder's feature size to 32 (--data.audio_dim, visual_dim or motion_dim; avvp-data: --audio-dim" \

@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -215,6 +216,9 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     except (DataError, FileExistsError, ValueError) as err:
         print(f"avvp-data: error: {err}", file=sys.stderr)
         return 2  # as for a bad option, and as avvp-finetune / avvp-pretrain
+    except BrokenPipeError:  # the reader left (``avvp-data check ROOT | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would fail again)
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

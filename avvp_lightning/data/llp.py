@@ -118,7 +118,7 @@ def _read_table(path: Path, columns: Sequence[str], found: list[str],
     strings: ``keep_default_na=False`` so that a label such as ``NA`` is not read as NaN.
     """
     if not path.is_file():
-        found.append(f"{path}: file not found")
+        found.append(f"{path}: {'not a file (a folder?)' if path.is_dir() else 'file not found'}")
         return None
     try:
         with warnings.catch_warnings():
@@ -241,6 +241,7 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
         _report(found, problems, f"file {path}")
         return dense
     row_of = {name: i for i, name in enumerate(filenames)}
+    beyond: list[str] = []  # rows reaching past the last segment
     for name, onset, offset, label, line in table.itertuples(index=False, name=None):
         if row_names is not None:
             row_names.add(name)
@@ -257,10 +258,17 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
         if first < 0 or last < 0:  # (-0.5 truncates to 0)
             found.append(f"{where}: negative onset/offset {onset}/{offset}")
             continue
+        if last > num_segments or first > num_segments:
+            beyond.append(f"line {line}: {onset}/{offset}")
         if name in row_of:
             dense[row_of[name], start:end, classes] = 1.0
             if matched is not None:
                 matched.add(name)
+    if beyond:  # HAN's slicing drops what lies past the last segment; milliseconds would lose nearly all
+        warnings.warn(f"{path}: {len(beyond)} row(s) with an onset or offset past the video's {num_segments} "
+                      f"segments ({', '.join(beyond[:3])}{', ...' if len(beyond) > 3 else ''}); read as HAN "
+                      f"does, dropping what lies past segment {num_segments} (onsets and offsets are in "
+                      "seconds, one segment per second)", stacklevel=2)
     _report(found, problems, f"file {path}")
     return dense
 
@@ -298,6 +306,11 @@ def write_dense_csv(path: str | Path, filenames: Sequence[str], dense: Any,
 
 # ------------------------------------------------------------------------------ feature files
 NPY_MAGIC = b"\x93NUMPY"
+# Largest feature magnitude accepted. Real LLP features (VGGish, ResNet-152, R(2+1)D) stay below
+# ~1e3; at ~1e19 the square of a value passes float32's (and bfloat16's) range, so the model's
+# products and variances overflow to NaN (seen from ~1e25 in a single value). Garbage such as an
+# uninitialised array written to disk is refused here, by file, not as a NaN loss mid-training.
+FEATURE_LIMIT = 1e15
 
 
 def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[int],
@@ -337,12 +350,16 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         if array.ndim == 2 and dim is not None and array.shape[1] != dim:
             seen[("width", array.shape[1])] += 1
         return None
-    array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         kinds = [k for k, bad in (("NaN", np.isnan(array).any()), ("inf", np.isinf(array).any())) if bad]
         found.append(f"{path}: contains {' and '.join(kinds)} values")
         return None
-    return array
+    peak = float(max(array.max(), -array.min()))
+    if peak > FEATURE_LIMIT:  # (a float64 value beyond float32's range too)
+        found.append(f"{path}: values too large (up to {peak:.3g}; features are expected well below "
+                     f"{FEATURE_LIMIT:.0e}, where float32 training overflows): a corrupt or uninitialised file?")
+        return None
+    return array.astype(np.float32, copy=False)
 
 
 _WARNED_FLOAT64: set[str] = set()  # folders already warned about, once per process
@@ -379,19 +396,15 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
         array = None
         if not path.is_file():
             where = f" ({listed_in[i]})" if listed_in is not None else ""
-            problems.append(f"{path}: missing feature file for video '{name}'{where}")
+            what = "not a file (a folder?)" if path.is_dir() else "missing feature file"
+            problems.append(f"{path}: {what} for video '{name}'{where}")
         else:
             array = _read_npy(path, num_segments, dim, rows, problems, seen, per_segment)  # (k*T, D)
         if array is not None:
             dim = array.shape[1]
             rows = None if pool else array.shape[0]
-            if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows
-                with np.errstate(over="ignore"):  # an overflow is named below
-                    pooled = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
-                if not np.isfinite(pooled).all():  # values near float32's limit: their sum overflowed
-                    problems.append(f"{path}: values too large (up to {np.abs(array).max():.3g}): the mean of its "
-                                    "frames overflows float32")
-                array = pooled if np.isfinite(pooled).all() else None
+            if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows (no overflow
+                array = array.reshape(num_segments, -1, dim).mean(axis=1)  # below FEATURE_LIMIT)  # (T, D)
         if vid in repeated:
             cache[vid] = array
         yield i, array
