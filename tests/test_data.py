@@ -70,6 +70,7 @@ def test_dense_truth_quirks_match_loop_reference(tmp_path: Path) -> None:
         ("b-b_b-b_b-b_8.5_18.5", "2.7", "4.2", "Banjo"),  # floats truncate: segments 2, 3
         ("zzzzzzzzz_0_10", "0", "10", "Cello"),          # a file in no split: ignored
         ("ccccccccccc_30_40", "0", "12", "Frying_(food)"),  # offset past the end: clipped
+        ("ccccccccccc_30_40", "3", "10.5", "Banjo"),     # truncates to 10: nothing past the end
     ]
     write_tsv(tmp_path / "dense.csv", ["filename", "onset", "offset", "event_labels"], rows)
     with pytest.warns(UserWarning, match=r"dense\.csv: 1 row\(s\) with an onset or offset past the video's 10 "
@@ -484,16 +485,16 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     np.save(visual / f"{ids[1]}.npy", np.zeros((75, 32), np.float32))
     assert f"{visual / ids[1]}.npy: wrong shape (75, 32), expected (10*k, 32) for a whole k >= 1" in _error(root)
     np.save(visual / f"{ids[1]}.npy", np.full((80, 32), 3e38, np.float32))  # finite, but their sum is not
-    assert f"{visual / ids[1]}.npy: values too large (up to 3e+38; features are expected well below 1e+15" \
+    assert f"{visual / ids[1]}.npy: values too large (up to 3e+38, limit 1e+15; real features stay far below it" \
         in _error(root)
     np.save(visual / f"{ids[1]}.npy", np.zeros((80, 32), np.float32))
     garbage = np.zeros((10, 32), np.float32)  # one value of an uninitialised array: training would turn it into NaN
     garbage[3, 4] = -1e25
     np.save(audio / f"{ids[1]}.npy", garbage)
-    assert f"{audio / ids[1]}.npy: values too large (up to 1e+25; " in _error(root)
+    assert f"{audio / ids[1]}.npy: values too large (up to 1e+25, limit 1e+15; " in _error(root)
     np.save(audio / f"{ids[1]}.npy", np.full((10, 32), 1e300))  # float64 beyond float32's range: not "inf"
-    assert f"{audio / ids[1]}.npy: values too large (up to 1e+300; " in _error(root)
-    np.save(audio / f"{ids[1]}.npy", np.full((10, 32), 1e15, np.float32))  # the limit itself is accepted
+    assert f"{audio / ids[1]}.npy: values too large (up to 1e+300, limit 1e+15; " in _error(root)
+    np.save(audio / f"{ids[1]}.npy", np.full((10, 32), -1e15))  # the limit itself is accepted (float64: exact)
     assert not any(ids[1] in problem for problem in check_dataset(root, **DIMS))
     np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
     (audio / f"{ids[1]}.npy").unlink()

@@ -428,7 +428,12 @@ def test_store_values_and_index_are_checked(root: Path) -> None:
     audio[7, 9, 3] = np.nan
     np.save(path, audio)
     filenames = json.loads((store / INDEX_FILE).read_text())["splits"]["test"]["filenames"]
-    with pytest.raises(DataError, match=rf"test/audio\.npy: NaN or infinite values in row 7 \(video {filenames[7]}\)"):
+    with pytest.raises(DataError, match=rf"test/audio\.npy: NaN, infinite or too large values \(beyond 1e\+15\) in "
+                                        rf"row 7 \(video {filenames[7]}\)"):
+        read_store(store, ["test"], root=root, **DIMS)
+    audio[7, 9, 3] = -1e25  # as a store packed before the limit was checked may hold
+    np.save(path, audio)
+    with pytest.raises(DataError, match=r"test/audio\.npy: NaN, infinite or too large values .* in row 7 "):
         read_store(store, ["test"], root=root, **DIMS)
     read_store(store, ["train"], root=root, **DIMS)  # other splits are fine
 

@@ -212,12 +212,15 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     """
     parsed = build_parser().parse_args(args)
     try:
-        return parsed.func(parsed)
+        code = parsed.func(parsed)
+        sys.stdout.flush()  # here, where a reader that left is handled below, not at the interpreter's exit
+        return code
     except (DataError, FileExistsError, ValueError) as err:
         print(f"avvp-data: error: {err}", file=sys.stderr)
         return 2  # as for a bad option, and as avvp-finetune / avvp-pretrain
     except BrokenPipeError:  # the reader left (``avvp-data check ROOT | head``): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would fail again)
+        if args is None:  # a console script: Python's flush at exit would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports it
 
 

@@ -258,7 +258,7 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
         if first < 0 or last < 0:  # (-0.5 truncates to 0)
             found.append(f"{where}: negative onset/offset {onset}/{offset}")
             continue
-        if last > num_segments or first > num_segments:
+        if max(start, end) > num_segments:  # (10.5 truncates to 10: nothing dropped)
             beyond.append(f"line {line}: {onset}/{offset}")
         if name in row_of:
             dense[row_of[name], start:end, classes] = 1.0
@@ -354,10 +354,10 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         kinds = [k for k, bad in (("NaN", np.isnan(array).any()), ("inf", np.isinf(array).any())) if bad]
         found.append(f"{path}: contains {' and '.join(kinds)} values")
         return None
-    peak = float(max(array.max(), -array.min()))
+    peak = float(max(array.max(initial=0), -array.min(initial=0)))
     if peak > FEATURE_LIMIT:  # (a float64 value beyond float32's range too)
-        found.append(f"{path}: values too large (up to {peak:.3g}; features are expected well below "
-                     f"{FEATURE_LIMIT:.0e}, where float32 training overflows): a corrupt or uninitialised file?")
+        found.append(f"{path}: values too large (up to {peak:.3g}, limit {FEATURE_LIMIT:.0e}; real features stay "
+                     "far below it, and training would overflow to NaN): a corrupt or uninitialised file?")
         return None
     return array.astype(np.float32, copy=False)
 

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from avvp_lightning.data.llp import (
-    DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, SPLIT_FILES, SplitData, folder_problem, raise_problems, read_llp,
+    DENSE_FILES, FEATURE_DIMS, FEATURE_DIRS, FEATURE_LIMIT, SPLIT_FILES, SplitData, folder_problem, raise_problems,
+    read_llp,
 )
 from avvp_lightning.data.synthetic import atomic_folder, followed
 from avvp_lightning.errors import DataError
@@ -495,21 +496,23 @@ def _load_split(store: Path, split: str, entry: dict[str, Any]) -> SplitData:
                             "store with `avvp-data pack ... --overwrite`") from err
         if list(array.shape) != shape or array.dtype != np.float32:
             raise DataError(f"{path}: {array.dtype} {tuple(array.shape)}, the index says float32 {tuple(shape)}")
-        row = _first_nonfinite(array)
+        row = _first_bad(array)
         if row is not None:
-            raise DataError(f"{path}: NaN or infinite values in row {row} (video {entry['filenames'][row]}); "
-                            "rebuild the store with `avvp-data pack ... --overwrite`")
+            raise DataError(f"{path}: NaN, infinite or too large values (beyond {FEATURE_LIMIT:.0e}) in row {row} "
+                            f"(video {entry['filenames'][row]}); rebuild the store with `avvp-data pack ... "
+                            "--overwrite`")
         arrays[name] = array
     return SplitData(list(entry["filenames"]), arrays["label"], arrays["audio"], arrays["visual"], arrays["motion"],
                      arrays.get("dense_audio"), arrays.get("dense_visual"))
 
 
-def _first_nonfinite(array: np.ndarray) -> Optional[int]:
-    """Row of the first NaN or infinity in ``array`` (None: all finite), read in blocks of ~64 MiB."""
+def _first_bad(array: np.ndarray) -> Optional[int]:
+    """Row of the first NaN, infinity or value beyond ``FEATURE_LIMIT`` in ``array`` (None: none), read in
+    blocks of ~64 MiB (a store packed before the limit was checked may hold such values)."""
     step = max(1, (1 << 24) // max(1, math.prod(array.shape[1:])))
     for start in range(0, len(array), step):
         block = array[start:start + step]
-        bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)  # (rows,)
+        bad = ~(np.abs(block) <= FEATURE_LIMIT).reshape(len(block), -1).all(axis=1)  # (rows,) NaN compares False
         if bad.any():
             return start + int(np.argmax(bad))
     return None
