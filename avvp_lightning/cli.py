@@ -693,8 +693,11 @@ class AVVPCLI(LightningCLI):
                 warnings.warn(f"--ckpt_path last: {path} does not exist; training from scratch.", stacklevel=1)
                 cfg.ckpt_path = None
             else:
+                earlier = sorted(path.parents[1].glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
+                hint = (f"; the latest earlier run's is {earlier[-1]} (a later fit in this folder moved it aside)"
+                        if earlier else "")
                 raise DataError(f"--ckpt_path {ckpt}: {path} does not exist (train first with the same "
-                                "--config/--run.name/--seed_everything, or give a checkpoint path).")
+                                f"--config/--run.name/--seed_everything, or give a checkpoint path){hint}.")
 
     def auto_precision_choice(self, accelerator: Any, strategy: Any) -> str:
         """``bf16-mixed`` for ``fit`` on native-bf16 hardware, else ``32-true``.

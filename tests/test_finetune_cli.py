@@ -190,7 +190,13 @@ def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_pat
         with pytest.raises(DataError, match=f"{sub} needs --ckpt_path: best or last"):
             main([sub, *small_args(tiny_root, tmp_path)])
     assert not any(tmp_path.iterdir())  # refused before anything is written
-
+    run_dir = tmp_path / "base_adv_skip_gcaa" / "seed0"  # a later fit that failed moved the run aside
+    for stamp in ("20261101T090000Z", "20261102T090000Z"):
+        (run_dir / "previous" / stamp / "checkpoints").mkdir(parents=True)
+        (run_dir / "previous" / stamp / "checkpoints" / "best.ckpt").write_bytes(b"")
+    with pytest.raises(DataError, match=r"best\.ckpt does not exist .*; the latest earlier run's is "
+                                        r".*previous/20261102T090000Z/checkpoints/best\.ckpt \(a later fit"):
+        main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
 
 
 @pytest.mark.parametrize("threshold", ["1.01", "-0.1"])  # (nan: refused by the parser itself)

@@ -333,9 +333,7 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         return None
     if array.dtype.byteorder == (">" if sys.byteorder == "little" else "<"):  # e.g. written by MATLAB or Java
         array = array.astype(array.dtype.newbyteorder("="))
-    if array.dtype == np.float64:
-        seen["float64"] += 1
-    elif array.dtype not in (np.float32, np.float16):  # float16 widens to float32 exactly: no warning
+    if array.dtype not in (np.float32, np.float16, np.float64):  # float16 widens to float32 exactly: no warning
         found.append(f"{path}: dtype {array.dtype}, expected float32")
         return None
     width = dim if dim is not None else "D"
@@ -359,6 +357,8 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         found.append(f"{path}: values too large (up to {peak:.3g}, limit {FEATURE_LIMIT:.0e}; real features stay "
                      "far below it, and training would overflow to NaN): a corrupt or uninitialised file?")
         return None
+    if array.dtype == np.float64:
+        seen["float64"] += 1  # (cast, and warned about, only when the file is used)
     return array.astype(np.float32, copy=False)
 
 
