@@ -613,12 +613,12 @@ class AVVPCLI(LightningCLI):
                                  if type(lg).__name__ == "WandbLogger" and lg._offline and lg._experiment is not None
                                  and lg._experiment is not open_before]
             with suppress(Exception):
-                self._finish_wandb(exit_code=1)
+                self._finish_wandb(exit_code=1, callers=open_before)
             if unstarted is not None:
                 with suppress(Exception):
                     self._remove_unstarted(unstarted)
             raise
-        self._finish_wandb(exit_code=0)
+        self._finish_wandb(exit_code=0, callers=open_before)
 
     def _remove_unstarted(self, wandb_runs: list[Path]) -> None:
         """Remove what a command stopped before its data loaded made: its offline W&B run folders,
@@ -646,13 +646,15 @@ class AVVPCLI(LightningCLI):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
-    def _finish_wandb(self, exit_code: int) -> None:
+    def _finish_wandb(self, exit_code: int, callers: Any = None) -> None:
         """Close the W&B run this command started: Lightning leaves it open, and the next command
-        in the same process (``avvp-ablate``, a notebook, the tests) would log into it."""
+        in the same process (``avvp-ablate``, a notebook, the tests) would log into it. A run the
+        caller had open before (``callers``, which Lightning reused) stays open: it is the caller's."""
         wandb = sys.modules.get("wandb")
         loggers = getattr(getattr(self, "trainer", None), "loggers", None) or []
         ours = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
-        if wandb is not None and getattr(wandb, "run", None) is not None and ours:
+        run = getattr(wandb, "run", None)
+        if wandb is not None and run is not None and run is not callers and ours:
             wandb.finish(exit_code=exit_code)
             for logger in ours:  # a trainer used again (a notebook) starts a new run instead of a finished one
                 logger._experiment = None

@@ -168,6 +168,7 @@ def test_bad_input_leaves_no_run_folder_and_no_wandb_run(tiny_root: Path, tmp_pa
         with pytest.raises(DataError, match="missing feature file"):
             main(["fit", *small_args(root, tmp_path / "new"), *offline])
         assert Path(own.dir).is_dir()
+        assert wandb.run is own  # still open: the caller's to finish, not the command's
     finally:
         wandb.finish()
     with pytest.raises(DataError, match="missing feature file"):
