@@ -180,7 +180,8 @@ def resolve_config_args(args: list[str], stage: str, subcommands: Collection[str
             if arg.startswith("--config="):
                 value = _resolve_config(arg.split("=", 1)[1], stage)
                 arg = "--config=" + value
-            seen_subcommand = seen_subcommand or arg in subcommands
+            # (the first word is where the subcommand goes: a misspelt one is the parser's "invalid choice")
+            seen_subcommand = seen_subcommand or arg in subcommands or not arg.startswith("-")
             out.append(arg)
             i += 1
         if value is not None and subcommands and not seen_subcommand and not value.startswith(("{", "[")) \
@@ -695,9 +696,15 @@ class AVVPCLI(LightningCLI):
                 warnings.warn(f"--ckpt_path last: {path} does not exist; training from scratch.", stacklevel=1)
                 cfg.ckpt_path = None
             else:
-                earlier = sorted(path.parents[1].glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
-                hint = (f"; the latest earlier run's is {earlier[-1]} (a later fit in this folder moved it aside)"
-                        if earlier else "")
+                run_dir = path.parents[1]
+                earlier = sorted(run_dir.glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
+                if (run_dir / "checkpoints" / "last.ckpt").is_file():  # this run trained, but never validated
+                    hint = ("; this run has checkpoints/last.ckpt but no best.ckpt: it never validated (no "
+                            "validation videos, or validation turned off); use --ckpt_path last")
+                elif earlier:
+                    hint = f"; the latest earlier run's is {earlier[-1]} (a later fit in this folder moved it aside)"
+                else:
+                    hint = ""
                 raise DataError(f"--ckpt_path {ckpt}: {path} does not exist (train first with the same "
                                 f"--config/--run.name/--seed_everything, or give a checkpoint path){hint}.")
 

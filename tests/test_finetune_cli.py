@@ -170,8 +170,8 @@ def test_precision_help_says_what_unset_means(sub: str, capsys: pytest.CaptureFi
     assert "Default: ``'32-true'``" not in help_text.split("--trainer.", 1)[0]  # Lightning's own text, not true here
 
 
-def test_bare_config_name_resolves_from_any_directory(tiny_root: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bare_config_name_resolves_from_any_directory(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "han", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
     with pytest.raises(DataError, match="no bundled finetune config"):
@@ -181,6 +181,10 @@ def test_bare_config_name_resolves_from_any_directory(tiny_root: Path, tmp_path:
     # Before the subcommand the parser would ignore a flat file (and train the default model).
     with pytest.raises(DataError, match=r"han\.yaml: give it after the subcommand"):
         main(["--config", "han", "fit", *small_args(tiny_root, tmp_path), "--trainer.fast_dev_run=true"])
+    # A misspelt subcommand is the parser's "invalid choice", not a --config in the wrong place.
+    with pytest.raises(SystemExit):
+        main(["tset", "--config", "han"])
+    assert "invalid choice: 'tset'" in capsys.readouterr().err
 
 
 def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_path: Path) -> None:
@@ -196,6 +200,11 @@ def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_pat
         (run_dir / "previous" / stamp / "checkpoints" / "best.ckpt").write_bytes(b"")
     with pytest.raises(DataError, match=r"best\.ckpt does not exist .*; the latest earlier run's is "
                                         r".*previous/20261102T090000Z/checkpoints/best\.ckpt \(a later fit"):
+        main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
+    (run_dir / "checkpoints").mkdir()  # a fit that never validated: last.ckpt alone, which the hint names
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(DataError, match=r"best\.ckpt does not exist .*; this run has checkpoints/last\.ckpt but no "
+                                        r"best\.ckpt: it never validated .*; use --ckpt_path last"):
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
 
 

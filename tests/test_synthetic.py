@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -192,6 +193,14 @@ def test_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"id", "audio", "visual"} and batch["visual"].shape == (4, 10, 32)
     assert set(dm.datasets["train"].ids).isdisjoint(dm.datasets["val"].ids)
+    for missing in (tmp_path / "nowhere", root / "snippets.csv"):  # the root itself is named, not its contents
+        with pytest.raises(DataError, match=rf"^{re.escape(str(missing))}: not (found|a folder) \(the snippet dataset"):
+            SnippetDataModule(str(missing), audio_dim=32, visual_dim=32).setup("fit")
+    one = tmp_path / "one"
+    shutil.copytree(root, one)
+    (one / "snippets.csv").write_text("\n".join(lines[:2]) + "\n")
+    with pytest.warns(UserWarning, match=r"1 listed video\(s\), none held out for validation .*no best\.ckpt"):
+        SnippetDataModule(str(one), val_fraction=0.25, audio_dim=32, visual_dim=32).setup("fit")
     llp = generate_llp(tmp_path / "llp", **TINY)  # an LLP root works too: train and val splits
     dm = SnippetDataModule(str(llp), audio_dim=32, visual_dim=32)
     dm.setup("fit")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -32,8 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avvp_lightning.data.llp import (
-    FEATURE_DIRS, SPLIT_FILES, SplitData, load_features, note_split_listings, raise_problems, read_llp,
-    read_video_list, resolve_list,
+    FEATURE_DIRS, SPLIT_FILES, SplitData, folder_problem, load_features, note_split_listings, raise_problems,
+    read_llp, read_video_list, resolve_list,
 )
 from avvp_lightning.data.sampling import EpochShuffleSampler, loader_generator
 from avvp_lightning.data.store import ResidentBatches, read_index, read_store
@@ -401,6 +402,9 @@ class SnippetDataModule(pl.LightningDataModule):
         names, where = lists.pop("all", None) or lists.pop("train")
         n_val = int(round(len(names) * self.hparams.val_fraction))
         n_val = min(max(n_val, 1 if self.hparams.val_fraction > 0 else 0), max(len(names) - 1, 0))
+        if n_val == 0 and self.hparams.val_fraction > 0 and names:
+            warnings.warn(f"snippet dataset at {root}: {len(names)} listed video(s), none held out for validation "
+                          "(one is always left to train): no validation metrics and no best.ckpt", stacklevel=2)
         order = np.random.default_rng(self.hparams.split_seed).permutation(len(names))
         pick = {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
         return {s: ([names[i] for i in idx], [where[i] for i in idx]) for s, idx in pick.items()}
@@ -410,6 +414,9 @@ class SnippetDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         root, hp, problems = self.root, self.hparams, []
+        problem = folder_problem(root)
+        if problem and root in resolve_list(root, hp.list_csv).parents:  # (absolute lists and folders need no root)
+            raise DataError(f"{root}: {problem} (the snippet dataset root, holding its list CSV and feature folders)")
         lists = self._lists(root, problems)
         for split, (names, where) in lists.items():
             tensors = {}
