@@ -690,15 +690,17 @@ class AVVPCLI(LightningCLI):
                             "run's results")
         if ckpt in ("best", "last"):
             path = Path(cfg.trainer.default_root_dir) / "checkpoints" / f"{ckpt}.ckpt"
+            run_dir = path.parents[1]
+            earlier = sorted(run_dir.glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
             if path.is_file():
                 cfg.ckpt_path = str(path)
             elif self.subcommand == "fit" and ckpt == "last":
-                warnings.warn(f"--ckpt_path last: {path} does not exist; training from scratch.", stacklevel=1)
+                moved = (f" (the latest earlier run's last.ckpt, moved aside by a later fit here, is {earlier[-1]}: "
+                         "give that path to continue it)" if earlier else "")
+                warnings.warn(f"--ckpt_path last: {path} does not exist; training from scratch{moved}.", stacklevel=1)
                 cfg.ckpt_path = None
             else:
-                run_dir = path.parents[1]
-                earlier = sorted(run_dir.glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
-                if (run_dir / "checkpoints" / "last.ckpt").is_file():  # this run trained, but never validated
+                if ckpt == "best" and (run_dir / "checkpoints" / "last.ckpt").is_file():  # trained, never validated
                     hint = ("; this run has checkpoints/last.ckpt but no best.ckpt: it never validated (no "
                             "validation videos, or validation turned off); use --ckpt_path last")
                 elif earlier:

@@ -110,7 +110,7 @@ def export_features(
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    if not out_name or out_name in (".", "..") or any(sep in out_name for sep in ("/", "\\", os.sep)):
+    if not out_name.strip() or out_name in (".", "..") or any(sep in out_name for sep in ("/", "\\", os.sep)):
         raise DataError(f"--out_name {out_name!r}: a plain name is needed (the folders are feats/<out_name>_audio "
                         "and _visual under the root), not a path or an empty name")
     root = Path(root)

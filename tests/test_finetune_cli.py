@@ -201,6 +201,10 @@ def test_test_without_checkpoint_names_the_missing_file(tiny_root: Path, tmp_pat
     with pytest.raises(DataError, match=r"best\.ckpt does not exist .*; the latest earlier run's is "
                                         r".*previous/20261102T090000Z/checkpoints/best\.ckpt \(a later fit"):
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
+    (run_dir / "previous" / "20261102T090000Z" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"last\.ckpt does not exist; training from scratch \(the latest earlier "
+                                         r"run's last\.ckpt, moved aside by a later fit here, is .*20261102T090000Z"):
+        main(["fit", *small_args(tiny_root, tmp_path), "--ckpt_path", "last", "--trainer.fast_dev_run=true"])
     (run_dir / "checkpoints").mkdir()  # a fit that never validated: last.ckpt alone, which the hint names
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(DataError, match=r"best\.ckpt does not exist .*; this run has checkpoints/last\.ckpt but no "

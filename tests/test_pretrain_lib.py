@@ -312,7 +312,7 @@ def test_export_reports_missing_or_malformed_inputs(tmp_path: Path) -> None:
         export_features(module, tmp_path, out_name="x")
     with pytest.raises(DataError, match="checkpoint not found"):
         export_features(tmp_path / "missing.ckpt", tmp_path, out_name="x")
-    for name in ("../../escape", "", "..", "a/b"):  # would write outside feats/, or as feats/_audio
+    for name in ("../../escape", "", " ", "..", "a/b"):  # would write outside feats/, or as feats/_audio
         with pytest.raises(DataError, match="a plain name is needed"):
             export_features(module, tmp_path, out_name=name)
     assert not list(tmp_path.parent.glob("escape*"))

@@ -194,8 +194,13 @@ def test_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(batch) == {"id", "audio", "visual"} and batch["visual"].shape == (4, 10, 32)
     assert set(dm.datasets["train"].ids).isdisjoint(dm.datasets["val"].ids)
     for missing in (tmp_path / "nowhere", root / "snippets.csv"):  # the root itself is named, not its contents
-        with pytest.raises(DataError, match=rf"^{re.escape(str(missing))}: not (found|a folder) \(the snippet dataset"):
-            SnippetDataModule(str(missing), audio_dim=32, visual_dim=32).setup("fit")
+        for list_csv in ("snippets.csv", str(root / "snippets.csv")):  # (features under the root in both)
+            with pytest.raises(DataError, match=rf"^{re.escape(str(missing))}: not (found|a folder) \(the snippet"):
+                SnippetDataModule(str(missing), list_csv=list_csv, audio_dim=32, visual_dim=32).setup("fit")
+    absolute = SnippetDataModule(str(tmp_path / "nowhere"), list_csv=str(root / "snippets.csv"), audio_dim=32,
+                                 visual_dim=32, audio_dir=str(root / "feats" / "vggish"),
+                                 visual_dir=str(root / "feats" / "res152"))
+    absolute.setup("fit")  # absolute lists and folders need no root
     one = tmp_path / "one"
     shutil.copytree(root, one)
     (one / "snippets.csv").write_text("\n".join(lines[:2]) + "\n")

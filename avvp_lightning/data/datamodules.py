@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -30,6 +29,7 @@ from typing import Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from avvp_lightning.data.llp import (
@@ -403,8 +403,8 @@ class SnippetDataModule(pl.LightningDataModule):
         n_val = int(round(len(names) * self.hparams.val_fraction))
         n_val = min(max(n_val, 1 if self.hparams.val_fraction > 0 else 0), max(len(names) - 1, 0))
         if n_val == 0 and self.hparams.val_fraction > 0 and names:
-            warnings.warn(f"snippet dataset at {root}: {len(names)} listed video(s), none held out for validation "
-                          "(one is always left to train): no validation metrics and no best.ckpt", stacklevel=2)
+            rank_zero_warn(f"snippet dataset at {root}: {len(names)} listed video(s), none held out for validation "
+                           "(one is always left to train): no validation metrics and no best.ckpt")
         order = np.random.default_rng(self.hparams.split_seed).permutation(len(names))
         pick = {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
         return {s: ([names[i] for i in idx], [where[i] for i in idx]) for s, idx in pick.items()}
@@ -415,7 +415,8 @@ class SnippetDataModule(pl.LightningDataModule):
             return
         root, hp, problems = self.root, self.hparams, []
         problem = folder_problem(root)
-        if problem and root in resolve_list(root, hp.list_csv).parents:  # (absolute lists and folders need no root)
+        paths = (resolve_list(root, hp.list_csv), root / hp.audio_dir, root / hp.visual_dir)
+        if problem and any(root in path.parents for path in paths):  # (absolute lists and folders need no root)
             raise DataError(f"{root}: {problem} (the snippet dataset root, holding its list CSV and feature folders)")
         lists = self._lists(root, problems)
         for split, (names, where) in lists.items():
