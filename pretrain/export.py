@@ -14,7 +14,6 @@ feats/<out_name>_visual``, ``audio_dim = visual_dim = H``; motion stays R(2+1)D)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -110,7 +109,7 @@ def export_features(
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    if not out_name.strip() or out_name in (".", "..") or any(sep in out_name for sep in ("/", "\\", os.sep)):
+    if not out_name.strip() or out_name in (".", "..") or any(sep in out_name for sep in ("/", "\\")):
         raise DataError(f"--out_name {out_name!r}: a plain name is needed (the folders are feats/<out_name>_audio "
                         "and _visual under the root), not a path or an empty name")
     root = Path(root)

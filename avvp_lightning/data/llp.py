@@ -403,8 +403,8 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
         if array is not None:
             dim = array.shape[1]
             rows = None if pool else array.shape[0]
-            if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows (no overflow
-                array = array.reshape(num_segments, -1, dim).mean(axis=1)  # below FEATURE_LIMIT)  # (T, D)
+            if pool and array.shape[0] != num_segments:  # mean of each k consecutive rows (finite below the limit)
+                array = array.reshape(num_segments, -1, dim).mean(axis=1)  # (T, D)
         if vid in repeated:
             cache[vid] = array
         yield i, array
