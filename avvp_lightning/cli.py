@@ -691,10 +691,11 @@ class AVVPCLI(LightningCLI):
         if ckpt in ("best", "last"):
             path = Path(cfg.trainer.default_root_dir) / "checkpoints" / f"{ckpt}.ckpt"
             run_dir = path.parents[1]
-            earlier = sorted(run_dir.glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
             if path.is_file():
                 cfg.ckpt_path = str(path)
-            elif self.subcommand == "fit" and ckpt == "last":
+                return
+            earlier = sorted(run_dir.glob(f"previous/*/checkpoints/{ckpt}.ckpt"))  # runs moved aside
+            if self.subcommand == "fit" and ckpt == "last":
                 moved = (f" (the latest earlier run's last.ckpt, moved aside by a later fit here, is {earlier[-1]}: "
                          "give that path to continue it)" if earlier else "")
                 warnings.warn(f"--ckpt_path last: {path} does not exist; training from scratch{moved}.", stacklevel=1)

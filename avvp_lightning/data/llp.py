@@ -348,11 +348,11 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
         if array.ndim == 2 and dim is not None and array.shape[1] != dim:
             seen[("width", array.shape[1])] += 1
         return None
-    if not np.isfinite(array).all():
+    peak = float(max(array.max(initial=0), -array.min(initial=0)))  # NaN or inf when the file holds one
+    if not np.isfinite(peak):
         kinds = [k for k, bad in (("NaN", np.isnan(array).any()), ("inf", np.isinf(array).any())) if bad]
         found.append(f"{path}: contains {' and '.join(kinds)} values")
         return None
-    peak = float(max(array.max(initial=0), -array.min(initial=0)))
     if peak > FEATURE_LIMIT:  # (a float64 value beyond float32's range too)
         found.append(f"{path}: values too large (up to {peak:.3g}, limit {FEATURE_LIMIT:.0e}; real features stay "
                      "far below it, and training would overflow to NaN): a corrupt or uninitialised file?")
