@@ -54,7 +54,8 @@ from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcess
 from pytorch_lightning.utilities import rank_zero_info
 
 from avvp_lightning import runinfo
-from avvp_lightning.checkpointing import AtomicCheckpointIO, RngStateCallback, RunCheckpoint, check_checkpoint
+from avvp_lightning.checkpointing import (AtomicCheckpointIO, DivergenceStop, RngStateCallback, RunCheckpoint,
+                                          check_checkpoint)
 from avvp_lightning.errors import DataError
 
 def _picks_cuda(accelerator: str) -> bool:
@@ -453,6 +454,7 @@ class AVVPCLI(LightningCLI):
     auto_precision: bool = False  # unset --trainer.precision -> bf16-mixed where native, else 32-true
     epilog: str = ""  # top-level --help, after the subcommands (e.g. a command handled before LightningCLI)
     job_prefix: str = ""  # W&B job_type = job_prefix + subcommand
+    lr_option: str = "--optimizer.lr"  # the learning rate on the command line (named when training diverges)
 
     def __init__(self, model_class: type, datamodule_class: type, args: ArgsType = None, **kwargs: Any) -> None:
         if args is None:
@@ -735,7 +737,7 @@ class AVVPCLI(LightningCLI):
         if trainer_cfg.get("enable_checkpointing", True) is not False:
             callbacks += self.stage_callbacks(root)
         self.recorder = RunRecorder()
-        kwargs["callbacks"] = callbacks + [RngStateCallback(), self.recorder]
+        kwargs["callbacks"] = callbacks + [RngStateCallback(), DivergenceStop(self.lr_option), self.recorder]
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -25,6 +25,7 @@ from avvp_lightning.pretrain.module import PretrainModule
 
 class PretrainCLI(AVVPCLI):
     stage = "pretrain"
+    lr_option = "--model.lr"
     job_prefix = "pretrain-"  # W&B: an encoder's runs apart from the finetune row of the same name
     monitor, monitor_mode = "val/loss", "min"
     description = (

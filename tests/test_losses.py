@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avvp_lightning.losses import parser_loss
 from avvp_lightning.losses.parser import smooth_labels
@@ -126,3 +127,19 @@ def test_gradient_step_trains_discriminator_and_fools_it():
             if id(p) not in disc and p.grad is not None:  # MMIL heads do not touch adv
                 p -= lr * p.grad
     assert adv_loss() > before
+
+
+def test_nan_probabilities_give_a_nan_loss_not_an_error():
+    torch.manual_seed(0)
+    prob = torch.rand(4, 25, requires_grad=True)
+    label = (torch.rand(4, 25) > 0.7).float()
+    out = {"video_prob": prob, "audio_prob": prob, "visual_prob": prob, "modality_logit": None}
+    losses = parser_loss(out, label, lambda_g=0.6, lambda_ad=0.4)
+    assert torch.equal(losses["wsl"], F.binary_cross_entropy(prob.clamp(1e-7, 1 - 1e-7), label))  # bit for bit
+    (grad,) = torch.autograd.grad(losses["wsl"], prob)
+    (bce_grad,) = torch.autograd.grad(F.binary_cross_entropy(prob.clamp(1e-7, 1 - 1e-7), label), prob)
+    assert torch.equal(grad, bce_grad)
+    diverged = prob.detach().clone()
+    diverged[1, 3] = float("nan")  # torch's BCE alone raises "all elements of input should be between 0 and 1"
+    losses = parser_loss({**out, "video_prob": diverged}, label, lambda_g=0.6, lambda_ad=0.4)
+    assert torch.isnan(losses["wsl"]) and torch.isnan(losses["total"]) and torch.isfinite(losses["guided"])

@@ -636,3 +636,26 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_root: Path
     want_metrics, got_metrics = (json.loads((d / "test" / "metrics.json").read_text()) for d in (reference, resumed))
     assert {k: want_metrics[k] for k in METRIC_KEYS} == {k: got_metrics[k] for k in METRIC_KEYS}
     assert want_metrics["per_class"] == got_metrics["per_class"]
+
+
+def test_diverged_fit_stops_and_keeps_earlier_checkpoints(tiny_root: Path, tmp_path: Path) -> None:
+    # the learning rate x1e7 after epoch 0: the weights turn NaN in epoch 1
+    args = [*small_args(tiny_root, tmp_path), "--trainer.max_epochs=4", "--lr_scheduler.init_args.step_size=1",
+            "--lr_scheduler.init_args.gamma=1e7"]
+    with pytest.raises(DataError, match=r"training diverged at epoch [1-3], .*--optimizer.lr, now 3e\+[0-9]+\).*"
+                                        r"best.ckpt, last.ckpt") as error:
+        main(["fit", *args])
+    epoch = int(str(error.value).split("epoch ")[1].split(",")[0])
+    for name in ("best.ckpt", "last.ckpt"):  # earlier epochs', finite and loadable
+        ckpt = load_checkpoint(tmp_path / RUN / "checkpoints" / name)
+        assert ckpt["epoch"] < epoch
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", "best"])
+    assert (tmp_path / RUN / "test" / "metrics.json").is_file()
+
+
+def test_diverged_pretraining_stops_before_any_checkpoint(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"training diverged at epoch 0, .*--model.lr, now 1e\+06.*no checkpoint"):
+        pretrain_main(["fit", *pretrain_args(tiny_root, tmp_path), "--trainer.max_epochs=3", "--model.lr=1e6",
+                       "--data.batch_size=4"])
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -24,8 +24,16 @@ def smooth_labels(label: Tensor, smoothing: float) -> Tensor:
 
 
 def _bce(prob: Tensor, target: Tensor, eps: float) -> Tensor:
-    """Mean binary cross-entropy of probabilities clamped to [eps, 1 - eps]."""
-    return F.binary_cross_entropy(prob.clamp(eps, 1.0 - eps), target)
+    """Mean binary cross-entropy of probabilities clamped to [eps, 1 - eps].
+
+    NaN probabilities (a diverged model) give a NaN loss: torch's BCE refuses them (an error on
+    the CPU, a device-side assert that ends the process on a GPU), so they go in as 1/2 and the
+    loss is set to NaN afterwards. Without NaNs the value and gradient are those of the BCE alone.
+    """
+    prob = prob.clamp(eps, 1.0 - eps)  # (B, C); clamp keeps NaN
+    nan = torch.isnan(prob)
+    loss = F.binary_cross_entropy(prob.masked_fill(nan, 0.5), target)
+    return loss.masked_fill(nan.any(), float("nan"))
 
 
 def modality_targets(modality_logit: Tensor) -> Tensor:
