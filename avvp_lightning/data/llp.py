@@ -201,6 +201,11 @@ def read_video_list(csv_path: str | Path, *, labels: str = "required",
         weak = np.zeros((len(table), NUM_CLASSES), dtype=np.float32)  # (N, C)
         for i, (text, line) in enumerate(zip(table["event_labels"], lines)):
             weak[i, _parse_labels(text, f"{path}: line {line}", found)] = 1.0
+        unlabelled = [line for line, row in zip(lines, weak) if not row.any()]
+        if unlabelled and not found:  # every LLP video has an event; HAN's loader stops on such a row
+            shown = ", ".join(map(str, unlabelled[:5])) + (", ..." if len(unlabelled) > 5 else "")
+            warnings.warn(f"{path}: {len(unlabelled)} video(s) with an empty event_labels (line(s) {shown}): "
+                          f"their weak labels are all 0, as for a video in which no event happens", stacklevel=2)
     _report(found, problems, f"file {path}")
     return filenames, weak, lines
 
