@@ -291,8 +291,9 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
             raise DataError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; a checkpoint is the "
                             ".ckpt file that fit writes to <run>/checkpoints/)") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = reason if len(reason) <= 300 else reason[:300].rsplit(" ", 1)[0] + " ..."  # cut at a word
         raise DataError(f"{path}: not a readable checkpoint: truncated or corrupt, or not written by "
-                        f"avvp-lightning ({type(err).__name__}: {reason[:300]})") from None
+                        f"avvp-lightning ({type(err).__name__}: {reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise DataError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return checkpoint
