@@ -236,6 +236,12 @@ class DivergenceStop(pl.Callback):
         self.lr_option = lr_option
         self.every_n_steps = max(int(every_n_steps), 1)
         self._loss: Optional[torch.Tensor] = None  # the last training step's loss, for the message
+        self._lr: Optional[float] = None  # and its learning rate
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # the step's learning rate (Lightning steps epoch schedulers before the last batch's end hooks)
+        self._lr = next((group["lr"] for opt in trainer.optimizers for group in opt.param_groups), None)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -259,8 +265,7 @@ class DivergenceStop(pl.Callback):
             return
         bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
         loss = f"{float(self._loss):.4g}" if self._loss is not None and self._loss.numel() == 1 else "unknown"
-        lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
-        lr = f", now {lrs[0]:.3g}" if lrs else ""
+        lr = f"; the last step's was {float(self._lr):.3g}" if isinstance(self._lr, (int, float, torch.Tensor)) else ""
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
         kept = sorted(p.name for p in Path(folder).glob("*.ckpt")) if folder and Path(folder).is_dir() else []
         saved = (f"the checkpoints written before stay as they were ({', '.join(kept)} in {folder})" if kept
