@@ -40,7 +40,9 @@ lines, which ``--dry_run`` prints) per (config, seed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import shlex
 import sys
@@ -48,10 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from avvp_lightning import runinfo
-from avvp_lightning.cli import bundled_configs, command_line_errors, resolve_config_args
+from avvp_lightning.cli import RUN_DEFINING, bundled_configs, command_line_errors, defining_changes, resolve_config_args
+from avvp_lightning.data.datamodules import LLPDataModule
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import cli as finetune_cli
+from avvp_lightning.finetune.module import ParserModule
 from avvp_lightning.labels import CLASSES
 from avvp_lightning.metrics import METRIC_KEYS
 
@@ -107,16 +113,42 @@ class Run:
         """Where an interrupted fit left its state."""
         return self.folder / "checkpoints" / "last.ckpt"
 
-    def made_by(self, extra: list[str]) -> bool:
-        """Whether the run's fit was this sweep's command (``run.json``; True when it has no record).
+    def differences(self, extra: list[str], fingerprints: Optional[dict] = None) -> list[str]:
+        """How the run's fit differs from this sweep's (``run.json``): ``["key: old -> new", ...]``.
 
-        Compared as the CLI records it (bundled config names resolved), without ``--ckpt_path``.
+        Compares what defines a run, as a resume does (model, data and training options, seed,
+        ``trainer.max_epochs`` and ``max_steps`` here too), on the resolved config of this sweep's
+        ``fit`` (the CLI's ``--print_config``), and the data by fingerprint: the same options
+        written another way (a path absolute or relative) and a run folder or dataset that moved
+        or was copied count as the same. Empty when alike, or when the run has no record.
+        ``fingerprints`` caches data fingerprints across the runs of a sweep.
         """
         fit = runinfo.read_run_records(self.folder).get("fit")
-        if not isinstance(fit, dict) or not isinstance(fit.get("command"), list):
-            return True
-        expected = ["avvp-finetune", *resolve_config_args(_without_ckpt(self.args("fit", extra)), "finetune")]
-        return _without_ckpt(fit["command"]) == expected
+        if not isinstance(fit, dict) or not isinstance(fit.get("config"), dict):
+            return []
+        config = _fit_config(_without_ckpt(self.args("fit", extra)))
+        if config is None:  # options this version cannot read: the run's fit ran, this sweep would stop on them
+            return ["options (this sweep's fit options do not parse)"]
+        recorded = runinfo.flatten_config(fit["config"])
+        keys = (*RUN_DEFINING, "trainer.max_epochs", "trainer.max_steps")
+        changes = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in
+                   defining_changes(recorded, runinfo.flatten_config(config), keys).items() if key in recorded]
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        trained_on = fit.get("data")
+        if isinstance(trained_on, dict) and trained_on.get("sha256"):
+            root = data.get("root")
+            if root is None:  # the embedded default: the same when the fit used it too
+                same = fit["config"].get("data", {}).get("root") is None
+            else:
+                folders = {k.removesuffix("_dir"): v for k, v in data.items() if k.endswith("_dir") and isinstance(v, str)}
+                cache = fingerprints if fingerprints is not None else {}
+                key = json.dumps([str(Path(root).expanduser().resolve()), folders], sort_keys=True)
+                if key not in cache:
+                    cache[key] = runinfo.data_fingerprint(root, folders)
+                same = runinfo.same_data(trained_on, cache[key])
+            if not same:
+                changes.append(f"data: {trained_on.get('root')} (sha256 {trained_on['sha256'][:12]}...) -> {root}")
+        return changes
 
     def args(self, subcommand: str, extra: list[str]) -> list[str]:
         """``avvp-finetune`` arguments of ``subcommand`` (``fit`` or ``test``) for this run."""
@@ -127,6 +159,24 @@ class Run:
         elif self.last_checkpoint.is_file():
             args += ["--ckpt_path", "last"]
         return args
+
+
+def _fit_config(args: list[str]) -> Optional[dict]:
+    """The config ``avvp-finetune`` resolves for ``args`` (its ``--print_config``); None when it cannot."""
+    argv, printed = sys.argv, io.StringIO()
+    sys.argv = argv[:1]  # LightningCLI warns when given args while sys.argv holds others (ours)
+    try:
+        with contextlib.redirect_stdout(printed):
+            finetune_cli.FinetuneCLI(ParserModule, LLPDataModule, args=[*args, "--print_config"])
+    except SystemExit as stop:  # where --print_config ends
+        if stop.code not in (0, None):
+            return None
+    except DataError:
+        return None
+    finally:
+        sys.argv = argv
+    config = yaml.safe_load(printed.getvalue())
+    return config if isinstance(config, dict) else None
 
 
 def _without_ckpt(args: list[str]) -> list[str]:
@@ -197,11 +247,14 @@ def sweep(runs: list[Run], extra: list[str], dry_run: bool = False) -> list[Run]
     """
     todo = [run for run in runs if not run.done]
     print(f"[avvp-ablate] {len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to do", flush=True)
+    fingerprints: dict = {}
     for run in runs:
-        if run not in todo and not run.made_by(extra):
-            print(f"[avvp-ablate] {run.name} seed {run.seed}: finished by another command than this sweep's "
-                  f"(see {run.folder / 'run.json'}); its results are kept as they are. To redo it with this "
-                  "sweep's options, delete its folder or use another --output_dir", file=sys.stderr, flush=True)
+        changes = run.differences(extra, fingerprints) if run not in todo else []
+        if changes:
+            shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+            print(f"[avvp-ablate] {run.name} seed {run.seed}: finished with other options or data than this "
+                  f"sweep's ({shown}; see {run.folder / 'run.json'}); its results are kept as they are. To redo "
+                  "it with this sweep's, delete its folder or use another --output_dir", file=sys.stderr, flush=True)
     for run in todo:
         if dry_run:
             for sub in ("fit", "test"):

@@ -8,6 +8,7 @@ the report is built from the result and checked against the runs' own metrics.js
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import sys
@@ -270,9 +271,29 @@ def test_finished_runs_made_by_another_command_are_named(swept: SimpleNamespace,
     opts, extra = ablate.parse_args(sweep_args(swept.root, swept.out))
     runs = ablate.plan_runs(["han"], [0], opts.output_dir)
     ablate.sweep(runs, extra, dry_run=True)  # the sweep that made it: nothing to say
-    assert "finished by another command" not in capsys.readouterr().err
+    assert "finished with other" not in capsys.readouterr().err
     ablate.sweep(runs, [*extra, "--trainer.max_epochs", "9"], dry_run=True)  # skipped, as documented, but named
-    assert "han seed 0: finished by another command than this sweep's" in capsys.readouterr().err
+    assert re.search(r"han seed 0: finished with other options or data than this sweep's \(trainer.max_epochs: "
+                     r"[0-8] -> 9;", capsys.readouterr().err)
+    ablate.sweep(runs, [*extra, "--model.dropout", "0.3"], dry_run=True)
+    assert "(model.dropout: 0.1 -> 0.3;" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finished_runs_moved_or_spelt_otherwise_are_the_sweeps(swept: SimpleNamespace, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    copy, data = tmp_path / "copy", tmp_path / "data"
+    shutil.copytree(swept.out, copy)  # the outputs copied (another mount point, machine, ...)
+    shutil.copytree(swept.root, data)  # and the dataset
+    monkeypatch.chdir(tmp_path)
+    opts, extra = ablate.parse_args(sweep_args(Path("data"), Path("copy")))  # relative paths this time
+    runs = ablate.plan_runs(["han"], [0], opts.output_dir)
+    assert ablate.sweep(runs, extra, dry_run=True) == []  # finished: nothing to do, nothing to say
+    assert "finished with other" not in capsys.readouterr().err
+    (data / "AVVP_train.csv").write_text((data / "AVVP_train.csv").read_text().replace("\n", "\n\n", 1))  # other data
+    ablate.sweep(runs, extra, dry_run=True)
+    assert "han seed 0: finished with other options or data than this sweep's (data: " in capsys.readouterr().err
 
 
 def test_report_errors_name_what_is_missing(swept: SimpleNamespace, tmp_path: Path) -> None:
