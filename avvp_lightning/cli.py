@@ -136,9 +136,55 @@ def bundled_configs(stage: str) -> list[str]:
     return sorted(p.name for p in config_dir(stage).glob("*.yaml") if p.name != "defaults.yaml")
 
 
+# A config file's option groups that hold options (optimizer and lr_scheduler may also be a class name or
+# null: none, as pretraining's saved configs have them).
+SECTIONS = ("model", "data", "trainer", "run")
+
+
+def check_config_file(path: str, subcommands: Collection[str] = ("fit", "validate", "test", "predict")) -> None:
+    """DataError naming ``path`` when it is no config file: a folder, not UTF-8 text, not YAML, empty, or a
+    section left empty (``model:`` with every line under it commented out), which would replace the
+    options that the configs before it gave that section with the defaults, silently."""
+    import yaml
+
+    if os.path.isdir(path):
+        raise DataError(f"--config {path}: a folder, not a config file")
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"--config {path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"--config {path}: cannot be read ({err.strerror or err})") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise DataError(f"--config {path}: not valid YAML ({problem}{where})") from None
+    if content is None:
+        raise DataError(f"--config {path}: empty config (no options in it); give options or leave this --config out")
+    if not isinstance(content, dict):
+        raise DataError(f"--config {path}: a config is a mapping of sections (model:, data:, trainer:, ...), "
+                        f"got {type(content).__name__} {str(content)[:60]!r}")
+    nested = [(f"{sub}.", content[sub]) for sub in subcommands if isinstance(content.get(sub), dict)]
+    for prefix, block in [("", content), *nested]:
+        for section in SECTIONS:
+            if section in block and block[section] is None:
+                raise DataError(f"--config {path}: section '{prefix}{section}' is empty (every line under it "
+                                "commented out?), which would reset the options that earlier configs gave it to "
+                                "the defaults; remove the line or give the section's options")
+            if section in block and not isinstance(block[section], dict):
+                raise DataError(f"--config {path}: section '{prefix}{section}' must hold options (key: value "
+                                f"lines), got {block[section]!r}")
+
+
 def _resolve_config(value: str, stage: str) -> str:
-    if os.path.isfile(value) or os.sep in value or value.startswith(("{", "[")):
-        return value  # a real file (not a folder such as a run's, named after its config), or inline YAML/JSON
+    if value.startswith(("{", "[")):
+        return value  # inline YAML/JSON
+    if os.path.isfile(value) or os.sep in value:
+        check_config_file(value)  # a real file (not a folder such as a run's, named after its config)
+        return value
     name = value if value.endswith((".yaml", ".yml")) else value + ".yaml"
     candidate = config_dir(stage) / name
     if candidate.is_file():

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -659,3 +660,25 @@ def test_diverged_pretraining_stops_before_any_checkpoint(tiny_root: Path, tmp_p
         pretrain_main(["fit", *pretrain_args(tiny_root, tmp_path), "--trainer.max_epochs=3", "--model.lr=1e6",
                        "--data.batch_size=4"])
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"model:\n#  hidden_dim: 64\n", r"section 'model' is empty \(every line under it commented out\?\)"),
+    (b"fit:\n  trainer:\n", r"section 'fit.trainer' is empty"),
+    (b"model: 5\n", r"section 'model' must hold options \(key: value lines\), got 5"),
+    (b"model:\n  hidden_dim: [32\n", r"not valid YAML \(expected ',' or '\]', but got '<stream end>' at line 3"),
+    (b"", r"empty config \(no options in it\)"),
+    (b"# a comment\n", r"empty config"),
+    (b"\xff\xfe bad", r"not a UTF-8 text file"),
+    (b"- a\n- b\n", r"a config is a mapping of sections .*got list"),
+])
+def test_config_files_that_are_no_config_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    config = tmp_path / "override.yaml"
+    config.write_bytes(content)
+    for entry in (main, pretrain_main):
+        with pytest.raises(DataError, match=rf"--config {re.escape(str(config))}: {message}"):
+            entry(["fit", "--config", "han.yaml" if entry is main else "pretrain_uni", "--config", str(config),
+                   "--print_config"])
+    with pytest.raises(DataError, match="a folder, not a config file"):
+        main(["fit", "--config", str(tmp_path) + os.sep])
+    assert not list(tmp_path.iterdir())[1:]  # nothing written beside the file
