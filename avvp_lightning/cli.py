@@ -45,6 +45,7 @@ from types import MethodType
 from typing import Any, Literal, Optional
 
 from lightning_fabric.accelerators.cuda import num_cuda_devices
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -619,7 +620,7 @@ class AVVPCLI(LightningCLI):
             super().instantiate_classes()
         except DataError:  # a ValueError too, already worded
             raise
-        except ValueError as err:
+        except (ValueError, MisconfigurationException) as err:  # the latter: Trainer options (devices 0, ...)
             raise DataError(f"invalid option value: {err}") from err
 
     def _parse_ckpt_path(self) -> None:
@@ -715,6 +716,13 @@ class AVVPCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        name = str(cfg.run.name)
+        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+            raise DataError(f"--run.name {name!r}: a plain name is needed (the run folder is "
+                            "<run.output_dir>/<run.name>/seed<seed>), not a path or an empty name")
+        if self.subcommand == "fit" and cfg.trainer.get("max_epochs") == 0:
+            raise DataError("invalid option value: --trainer.max_epochs 0 trains nothing (give 1 or more, or -1 "
+                            "for no limit with --trainer.max_steps)")
         if cfg.run.reuse_memory:
             reuse_freed_memory()
         if cfg.trainer.default_root_dir is None:

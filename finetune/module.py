@@ -94,6 +94,12 @@ class ParserModule(pl.LightningModule):
         super().__init__()
         if not 0.0 <= threshold <= 1.0:  # also NaN: past 1 nothing is positive, below 0 everything
             raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+        for name, value in (("audio_smoothing", audio_smoothing), ("visual_smoothing", visual_smoothing)):
+            if not 0.0 <= value <= 1.0:  # BCE targets y s + (1 - s) / 2 leave [0, 1] otherwise
+                raise ValueError(f"{name} must be in [0, 1] (1: none), got {value}")
+        for name, value in (("lambda_g", lambda_g), ("lambda_ad", lambda_ad), ("grl_gamma", grl_gamma)):
+            if not 0.0 <= value < float("inf"):  # also NaN
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
         self.save_hyperparameters()
         self.parser = AVVPParser(
             audio_dim=audio_dim, visual_dim=visual_dim, motion_dim=motion_dim,

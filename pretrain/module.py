@@ -104,6 +104,15 @@ class PretrainModule(pl.LightningModule):
                 raise ValueError(f"{name} is a cosine similarity, in [-1, 1]; got {value}")
         if silence_threshold is not None and silence_threshold < 0:
             raise ValueError(f"silence_threshold is an L2 norm, >= 0 (or None); got {silence_threshold}")
+        for name, value in (("num_layers", num_layers), ("num_heads", num_heads), ("hidden_dim", hidden_dim),
+                            ("ffn_dim", ffn_dim), ("audio_dim", audio_dim), ("visual_dim", visual_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 < lr < float("inf") or not 0.0 <= weight_decay < float("inf"):  # also NaN
+            raise ValueError(f"lr must be finite and > 0 and weight_decay finite and >= 0, got {lr} and {weight_decay}")
+        for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin)):
+            if not -1.0 <= value <= 1.0:  # hinge margins on cosines
+                raise ValueError(f"{name} is a cosine margin, in [-1, 1]; got {value}")
         self.save_hyperparameters()
         self.encoder = AVTransformer(
             audio_dim=audio_dim, visual_dim=visual_dim, hidden_dim=hidden_dim,

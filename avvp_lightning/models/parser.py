@@ -248,8 +248,12 @@ class AVVPParser(nn.Module):
             raise ValueError(
                 "skip=True needs architecture='base': HAN has no shared linear layer to skip over"
             )
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        for name, value in (("num_layers", num_layers), ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim),
+                            ("num_heads", num_heads), ("audio_dim", audio_dim), ("visual_dim", visual_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not isinstance(motion_dim, int) or motion_dim < 0:
+            raise ValueError(f"motion_dim must be >= 0 (0: no 3D branch), got {motion_dim}")
         self.audio_dim, self.visual_dim, self.motion_dim = audio_dim, visual_dim, motion_dim
         self.fc_audio = nn.Linear(audio_dim, hidden_dim)
         self.fc_visual = nn.Linear(visual_dim, hidden_dim)
