@@ -21,7 +21,9 @@ never arbitrary pickled objects.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -172,6 +174,12 @@ class RunCheckpoint(ModelCheckpoint):
     write one).
     """
 
+    _stage: Optional[str] = None  # Lightning's stage (fit, validate, test, predict), set up before a restore
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # noqa: D102
+        super().setup(trainer, pl_module, stage)
+        self._stage = str(getattr(stage, "value", stage))
+
     @property
     def state_key(self) -> str:
         """``ModelCheckpoint``'s own key, so checkpoints written with either class resume alike."""
@@ -188,6 +196,8 @@ class RunCheckpoint(ModelCheckpoint):
         missing = [path for path in [*(state_dict.get("best_k_models") or {}), state_dict.get("best_model_path")]
                    if path and not Path(path).is_file()]
         if missing:  # another run's checkpoint, or the record's files were moved away (previous/) or deleted
+            if self._stage not in (None, "fit"):  # validate/test/predict write no checkpoints: nothing to say
+                return
             warnings.warn(f"{self.dirpath}: the checkpoint record names {missing[0]}, which is not there; a new "
                           f"record of the best checkpoint starts here", stacklevel=1)
             return
@@ -295,7 +305,12 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: zip (or a legacy pickle)
             raise DataError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; a checkpoint is the "
                             ".ckpt file that fit writes to <run>/checkpoints/)") from None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if weights_only and isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            raise DataError(f"{path}: holds pickled Python objects besides tensors and plain containers, which "
+                            "checkpoints are not loaded with (they could run code); if you trust the file as you "
+                            "would trust code, give --weights_only false (fit, validate, test, predict)") from None
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # without terminal colour codes
+        reason = reason.splitlines()[0] if reason else ""
         reason = reason if len(reason) <= 300 else reason[:300].rsplit(" ", 1)[0] + " ..."  # cut at a word
         raise DataError(f"{path}: not a readable checkpoint: truncated or corrupt, or not written by "
                         f"avvp-lightning ({type(err).__name__}: {reason})") from None
@@ -341,6 +356,12 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, checkpoint: Optio
     unexpected = [k for k in theirs if k not in ours]
     reshaped = [k for k in ours if k in theirs and _shape(ours[k]) != _shape(theirs[k])]
     if not (missing or unexpected or reshaped):
+        broken = [k for k, v in theirs.items()
+                  if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # a diverged run's weights: every prediction would be NaN, every score 0
+            raise DataError(f"{path}: {len(broken)} weight tensor(s) hold NaN or inf values ({broken[0]}"
+                            f"{', ...' if len(broken) > 1 else ''}): the weights of a run that diverged; "
+                            "give a checkpoint of an earlier epoch")
         return checkpoint
     name = type(model).__name__
     ours_kind, theirs_kind = checkpoint_kind(ours), checkpoint_kind(theirs)

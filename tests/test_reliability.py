@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -370,16 +371,22 @@ class NotAllowed:
     """A pickled object that ``torch.load(weights_only=True)`` refuses."""
 
 
-@pytest.mark.parametrize("content", ["truncated", "text", "pickled_object"])
+@pytest.mark.parametrize("content", ["truncated", "text", "pickled_object", "nan_weights"])
 def test_unreadable_checkpoint(content: str, trained: Path, tiny_root: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     if content == "truncated":
         bad.write_bytes((trained / RUN / "checkpoints" / "best.ckpt").read_bytes()[:4000])
     elif content == "text":
         bad.write_text("not a checkpoint\n")
-    else:
+    elif content == "pickled_object":
         torch.save({"state_dict": {}, "extra": NotAllowed()}, bad)
-    match = "not a PyTorch checkpoint file" if content == "text" else "not a readable checkpoint"
+    else:
+        checkpoint = load_checkpoint(trained / RUN / "checkpoints" / "best.ckpt")
+        checkpoint["state_dict"]["parser.fc_audio.weight"][0, 0] = float("nan")
+        torch.save(checkpoint, bad)
+    match = {"text": "not a PyTorch checkpoint file", "truncated": "not a readable checkpoint: truncated",
+             "pickled_object": r"holds pickled Python objects .*give --weights_only false",
+             "nan_weights": r"1 weight tensor\(s\) hold NaN or inf values \(parser.fc_audio.weight\)"}[content]
     with pytest.raises(DataError, match=rf"^{bad}: {match}"):
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", str(bad)])
 
@@ -710,3 +717,12 @@ def test_pretrain_option_values_refused(tiny_root: Path, tmp_path: Path, option:
     with pytest.raises(DataError, match=message):
         pretrain_main(["fit", *pretrain_args(tiny_root, tmp_path / "out"), option])
     assert not (tmp_path / "out").exists()
+
+
+def test_testing_another_runs_checkpoint_says_nothing_of_its_checkpoint_record(trained: Path, tiny_root: Path,
+                                                                              tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", str(trained / RUN / "checkpoints" / "best.ckpt")])
+    assert not [w for w in caught if "checkpoint record" in str(w.message)]  # test writes no checkpoints
+    assert (tmp_path / RUN / "test" / "metrics.json").is_file()
