@@ -916,4 +916,7 @@ class AVVPCLI(LightningCLI):
                 mode="online" if mode == "online" else "offline",
             )
         )
+        init = getattr(loggers[-1], "_wandb_init", None)  # Lightning passes anonymous=None, which W&B >= 0.19
+        if isinstance(init, dict) and init.get("anonymous") is None:  # warns about on every run
+            init.pop("anonymous", None)
         return loggers

@@ -23,6 +23,11 @@ from avvp_lightning.models.parser import AVVPParser
 from avvp_lightning.runinfo import write_atomic
 
 
+# The val/ and test/ metrics are computed from metric states that every process holds after their sync:
+# under DDP Lightning advises sync_dist=True for epoch-level values, which would only average equal numbers.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/.*sync_dist=True")
+
+
 class ParserModule(pl.LightningModule):
     """The AVVP parser trained from weak labels, evaluated with the standard metrics.
 

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -137,6 +138,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None: such options say in their help what they default to."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def add_layout(parser: argparse.ArgumentParser, splits_help: str,
                default: Optional[tuple[str, ...]] = ("train", "val", "test")) -> None:
     """Options naming an LLP root's splits, feature folders and sizes (``check``, ``pack``)."""
@@ -154,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avvp-data",
         description="Datasets in the LLP layout: synthetic generation, checks, the embedded default.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_common(sub: argparse.ArgumentParser) -> None:
@@ -166,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--overwrite", action="store_true", help="replace ROOT if it exists")
 
     gen = commands.add_parser("generate", help="write a synthetic LLP dataset in the official layout",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpFormatter)
     add_common(gen)
     gen.add_argument("--train", type=positive_int, default=600, help="training videos (weak labels)")
     gen.add_argument("--val", type=positive_int, default=100, help="validation videos (weak labels + dense truth)")
@@ -174,13 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_generate)
 
     snip = commands.add_parser("generate-snippets", help="write a synthetic unlabeled pretraining set",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=_HelpFormatter)
     add_common(snip)
     snip.add_argument("--videos", type=positive_int, default=800, help="number of videos")
     snip.set_defaults(func=_generate_snippets)
 
     check = commands.add_parser("check", help="list every problem of an LLP root (exit 1 if any)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     check.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
     add_layout(check, "splits whose videos and features to check (default: train val test; none with --list)",
                default=None)
@@ -191,15 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pack = commands.add_parser("pack", help="pack an LLP root into one array per split and feature kind "
                                "(visual frames pooled) for fast loading with --data.store",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=_HelpFormatter)
     pack.add_argument("root", metavar="ROOT", help="dataset root in the official LLP layout")
-    pack.add_argument("--out", default=None, help=f"store folder; None: ROOT/{DEFAULT_STORE_DIR}")
+    pack.add_argument("--out", default=None, help=f"store folder (default: ROOT/{DEFAULT_STORE_DIR})")
     pack.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
     add_layout(pack, "splits to pack")
     pack.set_defaults(func=_pack)
 
     default = commands.add_parser("default", help="print the embedded default dataset's folder (generated if needed)",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=_HelpFormatter)
     default.add_argument("--kind", choices=["llp", "snippets"], default="llp", help="which default dataset")
     default.set_defaults(func=_default)
     return parser
@@ -211,6 +219,8 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     Returns the exit code: 0, 1 when ``check`` found problems, 2 for an error (one ``error:`` line).
     """
     parsed = build_parser().parse_args(args)
+    if args is None:  # a console script: warnings as "avvp-data: warning: ..." lines, without Python's source line
+        warnings.formatwarning = lambda message, *_, **__: f"avvp-data: warning: {message}\n"
     try:
         code = parsed.func(parsed)
         sys.stdout.flush()  # here, where a reader that left is handled below, not at the interpreter's exit
