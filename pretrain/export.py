@@ -22,7 +22,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from avvp_lightning.data.llp import SPLIT_FILES, load_features, read_video_list, video_id
+from avvp_lightning.data.llp import SPLIT_FILES, folder_problem, load_features, read_video_list, video_id
 from avvp_lightning.data.synthetic import atomic_folder
 from avvp_lightning.errors import DataError
 from avvp_lightning.pretrain.module import PretrainModule
@@ -113,6 +113,9 @@ def export_features(
         raise DataError(f"--out_name {out_name!r}: a plain name is needed (the folders are feats/<out_name>_audio "
                         "and _visual under the root), not a path or an empty name")
     root = Path(root)
+    problem = folder_problem(root)
+    if problem is not None:
+        raise DataError(f"{root}: {problem} (the dataset root, in the official LLP layout)")
     try:
         torch_device = torch.device(device)
     except RuntimeError as err:  # "gpu", "cuda:x"

@@ -229,6 +229,15 @@ def test_export_writes_every_listed_video(tmp_path: Path) -> None:
             np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_export_names_a_missing_root(tmp_path: Path) -> None:
+    module = PretrainModule(**SMALL)
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'nowhere'}: not found \(the dataset root"):
+        export_features(module, tmp_path / "nowhere", out_name="pre")
+    (tmp_path / "file").touch()
+    with pytest.raises(DataError, match=r"file: not a folder \(the dataset root"):
+        export_features(module, tmp_path / "file", out_name="pre")
+
+
 def test_export_from_checkpoint_matches_module(tmp_path: Path) -> None:
     root = tmp_path / "llp"
     root.mkdir()
