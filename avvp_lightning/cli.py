@@ -418,6 +418,12 @@ def defining_changes(before: dict[str, Any], after: dict[str, Any],
             if key.startswith(keys) and not key.startswith(FREE_ON_RESUME)}
 
 
+def checkpoint_options(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The options a Lightning checkpoint records, as a config: ``{"model": hparams, "data": hparams}``."""
+    return {section: {k: v for k, v in (checkpoint.get(key) or {}).items() if not str(k).startswith("_")}
+            for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters"))}
+
+
 def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
                  fingerprint: Optional[dict[str, Any]]) -> None:
     """DataError when a fit resumed from its own checkpoint has options or data other than its run's.
@@ -427,8 +433,9 @@ def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
     fails at the first step; so a resume repeats the run's options (``config-fit.yaml``).
     """
     recorded = runinfo.flatten_config(fit.get("config") or {})  # options older versions lacked are not compared
+    given = runinfo.flatten_config(config)
     bad = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in defining_changes(recorded, config).items()
-           if key in recorded]
+           if key in recorded and key in given]
     trained_on = fit.get("data")
     if trained_on and fingerprint and not runinfo.same_data(trained_on, fingerprint):
         bad.append(f"data sha256 {trained_on['sha256'][:12]}... -> {fingerprint['sha256'][:12]}... (other CSVs "
@@ -819,8 +826,9 @@ class AVVPCLI(LightningCLI):
         trusted = run_cfg.get("weights_only") is False  # --weights_only false: the user vouches for the file
         if "weights_only" in run_cfg and run_cfg.get("weights_only") is None:
             run_cfg["weights_only"] = True  # Lightning would load a remote (URL) checkpoint unrestricted
+        checkpoint = None
         if ckpt_path and "://" not in str(ckpt_path):
-            check_checkpoint(ckpt_path, self.model, weights_only=not trusted)
+            checkpoint = check_checkpoint(ckpt_path, self.model, weights_only=not trusted)
         config = json.loads(self._parser(sub).dump(self.config[sub], format="json", skip_none=False))
         fingerprint = self.data_fingerprint()
         run_dir = Path(self.trainer.default_root_dir)
@@ -830,6 +838,8 @@ class AVVPCLI(LightningCLI):
             self.recorder.resumed = True  # this run's own checkpoint: the run continues as it began
             if isinstance(fit, dict):
                 check_resume(run_dir, fit, config, fingerprint)
+            elif checkpoint is not None:  # run.json lost or damaged: the checkpoint's own record of the options
+                check_resume(run_dir, {"config": checkpoint_options(checkpoint)}, config, None)
         elif sub in ("validate", "test") and isinstance(fit, dict) and fit.get("data") and fingerprint is not None:
             if not runinfo.same_data(fit["data"], fingerprint):
                 warnings.warn(f"{sub} on data other than this run's fit (data sha256 {fingerprint['sha256'][:12]}..., "

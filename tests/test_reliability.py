@@ -726,3 +726,21 @@ def test_testing_another_runs_checkpoint_says_nothing_of_its_checkpoint_record(t
         main(["test", *small_args(tiny_root, tmp_path), "--ckpt_path", str(trained / RUN / "checkpoints" / "best.ckpt")])
     assert not [w for w in caught if "checkpoint record" in str(w.message)]  # test writes no checkpoints
     assert (tmp_path / RUN / "test" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("record", ["missing", "damaged"])
+def test_resume_without_its_run_record_compares_the_checkpoints_options(trained: Path, tiny_root: Path,
+                                                                       tmp_path: Path, record: str) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    if record == "missing":
+        (out / RUN / "run.json").unlink()
+    else:
+        (out / RUN / "run.json").write_text('{"fit": "x')
+    args = ["fit", *small_args(tiny_root, out), "--trainer.max_epochs=2", "--ckpt_path", "last"]
+    with pytest.raises(DataError, match=r"options or data other than it began with: model.lambda_g: 0.6 -> 0.3"):
+        main([*args, "--model.lambda_g=0.3"])
+    with pytest.raises(DataError, match=r"data.batch_size: 8 -> 4"):
+        main([*args, "--data.batch_size=4"])
+    main(args)  # the same options: resumes
+    assert load_checkpoint(out / RUN / "checkpoints" / "last.ckpt")["epoch"] == 1
