@@ -744,3 +744,16 @@ def test_resume_without_its_run_record_compares_the_checkpoints_options(trained:
         main([*args, "--data.batch_size=4"])
     main(args)  # the same options: resumes
     assert load_checkpoint(out / RUN / "checkpoints" / "last.ckpt")["epoch"] == 1
+
+
+def test_fit_warns_of_a_test_split_that_test_would_refuse(tiny_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "llp"
+    shutil.copytree(tiny_root, root)
+    name = (root / "AVVP_test_pd.csv").read_text().splitlines()[2].split("\t")[0]
+    (root / "feats" / "vggish" / f"{video_id(name)}.npy").unlink()
+    with pytest.warns(UserWarning, match=rf"the test split has problems that avvp-finetune test will stop on .*"
+                                         rf"missing feature file for video '{name}' \(.*AVVP_test_pd.csv, line 3\)"):
+        main(["fit", *small_args(root, tmp_path), "--trainer.max_epochs=1"])
+    assert (tmp_path / RUN / "checkpoints" / "best.ckpt").is_file()  # trained all the same
+    with pytest.raises(DataError, match="missing feature file"):
+        main(["test", *small_args(root, tmp_path), "--ckpt_path", "best"])

@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -287,6 +287,29 @@ class LLPDataModule(pl.LightningDataModule):
                 self.datasets[split] = self._dataset(data[split], dense=split != "train")
         for split in set(missing) & set(LIMITS):  # enough videos for the processes: checked before any output
             scored_videos(self, split)
+        if stage == "fit" and "test" not in self.datasets:
+            self._look_at_test_split(options)
+
+    def _look_at_test_split(self, options: dict[str, Any]) -> None:
+        """Warn before training when the test split has problems that ``test`` would stop on.
+
+        A quick look (its CSVs and dense truth, that its feature files are there; from a store, its
+        rows' values): a fit of hours should not end in a test that refuses the data. A warning, not
+        an error, since training needs only train and val.
+        """
+        root, problems = self.root, []
+        if self.hparams.store is not None:
+            try:
+                read_store(self._existing_store(), ["test"], root=root, **options)
+            except DataError as err:
+                problems = [str(err)]
+        elif (root / SPLIT_FILES["test"]).is_file():
+            read_llp(root, ["test"], keep=False, read_features=False, problems=problems, **options)
+        if problems:
+            shown = problems[:5] + ([f"... and {len(problems) - 5} more (avvp-data check ROOT lists them all)"]
+                                    if len(problems) > 5 else [])
+            rank_zero_warn("the test split has problems that avvp-finetune test will stop on (training goes on, "
+                           "on train and val): " + "; ".join(shown))
 
     @staticmethod
     def _dataset(split: SplitData, dense: bool) -> VideoDataset:

@@ -474,7 +474,7 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
              visual_dim: Optional[int] = FEATURE_DIMS["visual"], motion_dim: Optional[int] = FEATURE_DIMS["motion"],
              num_segments: int = NUM_SEGMENTS, pool_visual: bool = True, lists: Optional[dict[str, Path]] = None,
              keep: bool = True, problems: Optional[list[str]] = None,
-             dense_splits: Optional[Sequence[str]] = None) -> dict[str, SplitData]:
+             dense_splits: Optional[Sequence[str]] = None, read_features: bool = True) -> dict[str, SplitData]:
     """Read and check ``splits`` of an LLP root (each file read once, problems listed together).
 
     Args:
@@ -490,6 +490,8 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         problems: Collect problems here instead of raising one DataError with all of them.
         dense_splits: The splits whose dense truth to read (default: val and test when wanted); the
             others get none (``predict`` on the test split needs no truth).
+        read_features: False: only check that each feature file is there (a quick look, with
+            ``keep=False``); the files are not opened.
     """
     root, found, lists = Path(root), [], dict(lists or {})
     problem = folder_problem(root)
@@ -562,6 +564,12 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
         problem, exact = folder_problem(root / folder), modality != "visual"  # audio, motion: one row per segment
         if problem:
             found.append(f"{root / folder}: feature folder {problem} ({modality} features)")
+        elif not read_features:  # a quick look: the files are there
+            for name, place in zip(names, where):
+                path = root / folder / f"{video_id(name)}.npy"
+                if not path.is_file():
+                    what = "not a file (a folder?)" if path.is_dir() else "missing feature file"
+                    found.append(f"{path}: {what} for video '{name}' ({place})")
         elif keep:
             array = load_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where,
                                   per_segment=exact)
