@@ -161,10 +161,20 @@ class Run:
         return args
 
 
-def _fit_config(args: list[str]) -> Optional[dict]:
-    """The config ``avvp-finetune`` resolves for ``args`` (its ``--print_config``); None when it cannot."""
+def check_options(run: "Run", extra: list[str]) -> None:
+    """Stop before any run when ``avvp-finetune fit`` refuses the sweep's options (the parser's error on stderr)."""
+    if _fit_config(_without_ckpt(run.args("fit", extra)), quiet=False) is not None:
+        return
+    print("[avvp-ablate] avvp-finetune fit refuses the options above; fix them, then run the command again",
+          file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _fit_config(args: list[str], quiet: bool = True) -> Optional[dict]:
+    """The config ``avvp-finetune`` resolves for ``args`` (its ``--print_config``); None when it cannot
+    (``quiet=False``: the parser's error is left on stderr, a DataError raised)."""
     argv, printed = sys.argv, io.StringIO()
-    sys.argv = argv[:1]  # LightningCLI warns when given args while sys.argv holds others (ours)
+    sys.argv = ["avvp-finetune"]  # LightningCLI warns when given args while sys.argv holds others; its usage names it
     try:
         with contextlib.redirect_stdout(printed):
             finetune_cli.FinetuneCLI(ParserModule, LLPDataModule, args=[*args, "--print_config"])
@@ -172,6 +182,8 @@ def _fit_config(args: list[str]) -> Optional[dict]:
         if stop.code not in (0, None):
             return None
     except DataError:
+        if not quiet:
+            raise
         return None
     finally:
         sys.argv = argv
@@ -221,7 +233,7 @@ def _release() -> None:
 
 def _finetune(args: list[str]) -> None:
     argv = sys.argv
-    sys.argv = argv[:1]  # LightningCLI warns when given args while sys.argv holds others (ours)
+    sys.argv = ["avvp-finetune"]  # LightningCLI warns when given args while sys.argv holds others; its usage names it
     try:
         finetune_cli.main(args)
     finally:
@@ -245,6 +257,8 @@ def sweep(runs: list[Run], extra: list[str], dry_run: bool = False) -> list[Run]
     An exception (or Ctrl-C) stops the sweep after saying which run failed; the same command
     then resumes where it stopped.
     """
+    if runs:
+        check_options(runs[0], extra)  # a misspelt option stops here, before any run (also with --dry_run)
     todo = [run for run in runs if not run.done]
     print(f"[avvp-ablate] {len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to do", flush=True)
     fingerprints: dict = {}

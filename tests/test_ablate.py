@@ -430,3 +430,16 @@ def test_report_flags_seeds_tested_differently(tmp_path: Path) -> None:
     run(2, 0.05, "last.ckpt")
     assert report.differences(report.find_runs(tmp_path)[0]["han"]) == [
         "seed 2 against seed 0: test model.threshold 0.5 -> 0.05; test checkpoint 'best.ckpt' -> 'last.ckpt'"]
+
+
+def test_options_finetune_refuses_stop_the_sweep_before_any_run(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "outputs"
+    for dry in ([], ["--dry_run"]):
+        with pytest.raises(SystemExit) as stop:
+            ablate.main(["--configs", "han", "--seeds", "1", "--output_dir", str(out), "--model.hiden", "3", *dry])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments: --model.hiden 3" in err and "avvp-finetune fit --help" in err
+        assert "[avvp-ablate] avvp-finetune fit refuses the options above; fix them" in err
+    assert not out.exists()
