@@ -193,7 +193,8 @@ def fingerprint_changes(packed: dict[str, Any], now: dict[str, Any]) -> list[str
         elif old["bytes"] != new["bytes"]:
             changes.append(f"{folder}/: .npy files total {old['bytes']} -> {new['bytes']} bytes")
         elif old["newest_mtime_ns"] != new["newest_mtime_ns"] or old["mtime_ns_sum"] != new["mtime_ns_sum"]:
-            changes.append(f"{folder}/: .npy files were modified (newest {_when(new['newest_mtime_ns'])})")
+            changes.append(f"{folder}/: .npy files were modified (newest {_when(old['newest_mtime_ns'])} when "
+                           f"packed, {_when(new['newest_mtime_ns'])} here)")
         elif old.get("names_sha1") != new.get("names_sha1"):
             changes.append(f"{folder}/: .npy files were renamed")
         elif old.get("stats_sha1") != new.get("stats_sha1"):
