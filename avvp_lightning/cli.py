@@ -901,9 +901,10 @@ class AVVPCLI(LightningCLI):
 
     def make_loggers(self, run_dir: Path) -> list[Logger]:
         cfg = self.config[self.subcommand]
-        # One CSV folder per invocation (csv/version_N), so a resumed fit keeps the old one.
-        self.csv_logger = CSVLogger(save_dir=str(run_dir), name="csv")
-        loggers: list[Logger] = [self.csv_logger]
+        # One CSV folder per invocation (csv/version_N), so a resumed fit keeps the old one; predict logs
+        # nothing (its outputs are the prediction files), so it gets none.
+        self.csv_logger = CSVLogger(save_dir=str(run_dir), name="csv") if self.subcommand != "predict" else None
+        loggers: list[Logger] = [self.csv_logger] if self.csv_logger is not None else []
         mode = cfg.run.wandb or os.environ.get("WANDB_MODE") or "offline"
         if mode == "disabled":
             return loggers

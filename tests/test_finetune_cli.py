@@ -76,7 +76,9 @@ def test_fit_test_predict_end_to_end(tiny_root: Path, tmp_path: Path, capsys: py
     for key in METRIC_KEYS:
         assert rescored[key] == pytest.approx(result[key], abs=1e-9), key
 
+    logs = sorted((run_dir / "csv").iterdir())
     main(["predict", *args, "--ckpt_path", "last"])
+    assert sorted((run_dir / "csv").iterdir()) == logs  # predict logs nothing: no csv/version_N of its own
     probs = np.load(run_dir / "predict" / "probabilities.npz")
     assert probs["audio_prob"].shape == (17, 10, 25)
     assert (run_dir / "predict" / "pred_audio.csv").is_file()
