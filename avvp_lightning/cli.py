@@ -616,6 +616,13 @@ class AVVPCLI(LightningCLI):
             self.model.configure_optimizers = _ConfiguredOptimizers(
                 self.model, fn.func, fn.keywords["optimizer"], fn.keywords["lr_scheduler"])
 
+    def _set_seed(self) -> None:
+        """Lightning's seeding; a seed numpy refuses (``--seed_everything -1``) is one ``error:`` line."""
+        try:
+            super()._set_seed()
+        except ValueError as err:
+            raise DataError(f"invalid option value: --seed_everything: {err}") from None
+
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; an option value they refuse is one ``error:`` line.
 

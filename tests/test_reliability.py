@@ -700,6 +700,7 @@ def test_config_files_that_are_no_config_name_the_file(tmp_path: Path, content: 
     ("--trainer.devices=0", r"invalid option value: .*devices"),
     ("--run.name=../../x", r"--run.name '../../x': a plain name is needed"),
     ("--run.name=", r"--run.name '': a plain name is needed"),
+    ("--seed_everything=-1", r"invalid option value: --seed_everything: -1 is not in bounds"),
 ])
 def test_option_values_refused_before_anything_is_written(tiny_root: Path, tmp_path: Path, option: str,
                                                           message: str) -> None:
