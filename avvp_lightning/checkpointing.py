@@ -231,7 +231,8 @@ class DivergenceStop(pl.Callback):
     run would otherwise go on training nothing, log NaN losses and replace ``last.ckpt`` (and,
     in pretraining, ``best.ckpt``) with unusable weights. The weights are checked (one sum per
     tensor, about 10 ms for the paper's parser on a 2-core CPU) every ``every_n_steps`` steps, on
-    each epoch's last step and before each validation of a fit, so the check runs before any
+    each epoch's last step and end and before each validation of a fit (once per optimizer step),
+    so the check runs before any
     checkpoint callback saves (Lightning runs those last) and nothing a diverged run would write
     replaces the checkpoints of its earlier epochs. The decision rests on the weights alone,
     which every DDP process holds alike, so all processes stop at the same step; a step that a
@@ -247,6 +248,7 @@ class DivergenceStop(pl.Callback):
         self.every_n_steps = max(int(every_n_steps), 1)
         self._loss: Optional[torch.Tensor] = None  # the last training step's loss, for the message
         self._lr: Optional[float] = None  # and its learning rate
+        self._checked: Optional[int] = None  # the optimizer step whose weights were checked last
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -264,7 +266,13 @@ class DivergenceStop(pl.Callback):
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._check(trainer, pl_module)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, pl_module)  # an epoch cut short (--trainer.max_steps) saves last.ckpt here
+
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._checked == trainer.global_step:  # the same weights (gradient accumulation, epoch end)
+            return
+        self._checked = trainer.global_step
         named = [(name, p) for name, p in pl_module.named_parameters() if p.numel()]
         if not named:
             return
@@ -305,7 +313,7 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: zip (or a legacy pickle)
             raise DataError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; a checkpoint is the "
                             ".ckpt file that fit writes to <run>/checkpoints/)") from None
-        if weights_only and isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        if weights_only and isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             raise DataError(f"{path}: holds pickled Python objects besides tensors and plain containers, which "
                             "checkpoints are not loaded with (they could run code); if you trust the file as you "
                             "would trust code, give --weights_only false (fit, validate, test, predict)") from None

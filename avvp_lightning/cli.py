@@ -183,13 +183,17 @@ def check_config_file(path: str, subcommands: Collection[str] = ("fit", "validat
 def _resolve_config(value: str, stage: str) -> str:
     if value.startswith(("{", "[")):
         return value  # inline YAML/JSON
-    if os.path.isfile(value) or os.sep in value:
-        check_config_file(value)  # a real file (not a folder such as a run's, named after its config)
+    if os.path.isfile(value):
+        check_config_file(value)
         return value
     name = value if value.endswith((".yaml", ".yml")) else value + ".yaml"
     candidate = config_dir(stage) / name
-    if candidate.is_file():
-        return str(candidate)
+    if os.sep not in value and candidate.is_file():
+        return str(candidate)  # a bundled name (also beside a folder of that name, such as a run's)
+    if os.path.isdir(value):
+        check_config_file(value)  # a folder: named as such
+    if os.sep in value:
+        return value  # a path that is not there, or inline YAML such as 'data: {root: /x}': the parser's
     raise DataError(
         f"config {value!r}: no such file, and no bundled {stage} config of that name. "
         f"Bundled: {', '.join(bundled_configs(stage))}"
@@ -433,9 +437,8 @@ def check_resume(run_dir: Path, fit: dict[str, Any], config: dict[str, Any],
     fails at the first step; so a resume repeats the run's options (``config-fit.yaml``).
     """
     recorded = runinfo.flatten_config(fit.get("config") or {})  # options older versions lacked are not compared
-    given = runinfo.flatten_config(config)
     bad = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in defining_changes(recorded, config).items()
-           if key in recorded and key in given]
+           if key in recorded]
     trained_on = fit.get("data")
     if trained_on and fingerprint and not runinfo.same_data(trained_on, fingerprint):
         bad.append(f"data sha256 {trained_on['sha256'][:12]}... -> {fingerprint['sha256'][:12]}... (other CSVs "
@@ -846,7 +849,9 @@ class AVVPCLI(LightningCLI):
             if isinstance(fit, dict):
                 check_resume(run_dir, fit, config, fingerprint)
             elif checkpoint is not None:  # run.json lost or damaged: the checkpoint's own record of the options
-                check_resume(run_dir, {"config": checkpoint_options(checkpoint)}, config, None)
+                given = runinfo.flatten_config(config)  # (its hparams also hold model.*_dim, linked from data.*)
+                recorded = {k: v for k, v in runinfo.flatten_config(checkpoint_options(checkpoint)).items() if k in given}
+                check_resume(run_dir, {"config": recorded}, config, None)
         elif sub in ("validate", "test") and isinstance(fit, dict) and fit.get("data") and fingerprint is not None:
             if not runinfo.same_data(fit["data"], fingerprint):
                 warnings.warn(f"{sub} on data other than this run's fit (data sha256 {fingerprint['sha256'][:12]}..., "

@@ -53,7 +53,7 @@ from typing import Optional
 import yaml
 
 from avvp_lightning import runinfo
-from avvp_lightning.cli import RUN_DEFINING, bundled_configs, command_line_errors, defining_changes, resolve_config_args
+from avvp_lightning.cli import FREE_ON_RESUME, bundled_configs, command_line_errors, resolve_config_args
 from avvp_lightning.data.datamodules import LLPDataModule
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune import cli as finetune_cli
@@ -63,6 +63,13 @@ from avvp_lightning.metrics import METRIC_KEYS
 
 #: The rows of the paper's Tables 1-2 that need no pretrained features (the default sweep).
 DEFAULT_CONFIGS = ("han", "base", "base_gcaa", "base_adv_skip", "base_adv_skip_gcaa")
+#: Options that do not change a run's numbers (where it runs, logs and writes): not compared with a finished run.
+INERT = ("run.", "ckpt_path", "weights_only", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar",
+         "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.default_root_dir", "trainer.devices",
+         "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.profiler", "trainer.plugins",
+         "trainer.model_registry", "trainer.num_sanity_val_steps", "trainer.barebones", "trainer.detect_anomaly",
+         "trainer.benchmark", "trainer.max_time", "trainer.enable_checkpointing", "trainer.inference_mode")
+
 #: Options the sweep sets itself for every run; passing them through would break the folder layout.
 RESERVED = ("--run.name", "--run.group", "--seed_everything", "--ckpt_path", "--trainer.default_root_dir")
 
@@ -116,9 +123,10 @@ class Run:
     def differences(self, extra: list[str], fingerprints: Optional[dict] = None) -> list[str]:
         """How the run's fit differs from this sweep's (``run.json``): ``["key: old -> new", ...]``.
 
-        Compares what defines a run, as a resume does (model, data and training options, seed,
-        ``trainer.max_epochs`` and ``max_steps`` here too), on the resolved config of this sweep's
-        ``fit`` (the CLI's ``--print_config``), and the data by fingerprint: the same options
+        Compares every option that can change the run's reported numbers (all but :data:`INERT`
+        ones and where the data and outputs are; the test's threshold against the ``test``
+        record) on the resolved config of this sweep's ``fit`` (the CLI's ``--print_config``),
+        and the data by fingerprint: the same options
         written another way (a path absolute or relative) and a run folder or dataset that moved
         or was copied count as the same. Empty when alike, or when the run has no record.
         ``fingerprints`` caches data fingerprints across the runs of a sweep.
@@ -130,9 +138,17 @@ class Run:
         if config is None:  # options this version cannot read: the run's fit ran, this sweep would stop on them
             return ["options (this sweep's fit options do not parse)"]
         recorded = runinfo.flatten_config(fit["config"])
-        keys = (*RUN_DEFINING, "trainer.max_epochs", "trainer.max_steps")
-        changes = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in
-                   defining_changes(recorded, runinfo.flatten_config(config), keys).items() if key in recorded]
+        test = runinfo.read_run_records(self.folder).get("test")
+        if isinstance(test, dict) and isinstance(test.get("config"), dict):  # the reported numbers' threshold
+            recorded["model.threshold"] = runinfo.flatten_config(test["config"]).get("model.threshold")
+        changes = []
+        for key, (old, new) in runinfo.config_changes(recorded, runinfo.flatten_config(config)).items():
+            if key not in recorded or key.startswith(INERT) or (key.startswith(FREE_ON_RESUME)
+                                                                 and key != "model.threshold"):
+                continue
+            if key == "trainer.precision" and new is None:  # auto: the fit recorded what it picked
+                continue
+            changes.append(f"{key}: {old!r} -> {new!r}")
         data = config.get("data") if isinstance(config.get("data"), dict) else {}
         trained_on = fit.get("data")
         if isinstance(trained_on, dict) and trained_on.get("sha256"):

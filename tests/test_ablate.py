@@ -277,6 +277,11 @@ def test_finished_runs_made_by_another_command_are_named(swept: SimpleNamespace,
                      r"[0-8] -> 9;", capsys.readouterr().err)
     ablate.sweep(runs, [*extra, "--model.dropout", "0.3"], dry_run=True)
     assert "(model.dropout: 0.1 -> 0.3;" in capsys.readouterr().err
+    ablate.sweep(runs, [*extra, "--model.threshold", "0.3", "--trainer.limit_val_batches", "1"], dry_run=True)
+    err = capsys.readouterr().err  # the test's threshold, and what picks best.ckpt
+    assert "model.threshold: 0.5 -> 0.3" in err and "trainer.limit_val_batches: None -> 1" in err
+    ablate.sweep(runs, [*extra, "--trainer.enable_progress_bar=true", "--data.num_workers", "1"], dry_run=True)
+    assert "finished with other" not in capsys.readouterr().err  # nothing that changes the numbers
 
 
 @pytest.mark.slow
@@ -361,6 +366,8 @@ def test_dry_run_prints_the_commands_of_unfinished_runs(tmp_path: Path, capsys: 
                 "per_class": {key: dict.fromkeys(CLASSES, 0.5) for key in ("segment/audio", "segment/visual")}}
     done.write_text(json.dumps(finished))
     cut_short.write_text(json.dumps(finished)[:40])  # killed while writing
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "extra.yaml").write_text("model:\n  dropout: 0.2\n")  # (parsed before the plan is printed)
     ablate.main(["--configs", "han", "--seeds", "2", "--first_seed", "3", "--run.output_dir", str(tmp_path),
                  "--dry_run", "--config", "extra.yaml", "--trainer.max_epochs", "5"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("avvp-finetune")]

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,7 @@ from avvp_lightning.checkpointing import AtomicCheckpointIO, RunCheckpoint, coll
 from avvp_lightning.data.datamodules import LLPDataModule
 from avvp_lightning.data.llp import video_id
 from avvp_lightning.data.sampling import EpochShuffleSampler
+from avvp_lightning.data.store import pack_store
 from avvp_lightning.data.synthetic import generate_llp
 from avvp_lightning.errors import DataError
 from avvp_lightning.finetune.cli import main
@@ -371,7 +373,7 @@ class NotAllowed:
     """A pickled object that ``torch.load(weights_only=True)`` refuses."""
 
 
-@pytest.mark.parametrize("content", ["truncated", "text", "pickled_object", "nan_weights"])
+@pytest.mark.parametrize("content", ["truncated", "text", "pickled_object", "nan_weights", "flipped_byte"])
 def test_unreadable_checkpoint(content: str, trained: Path, tiny_root: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     if content == "truncated":
@@ -380,11 +382,22 @@ def test_unreadable_checkpoint(content: str, trained: Path, tiny_root: Path, tmp
         bad.write_text("not a checkpoint\n")
     elif content == "pickled_object":
         torch.save({"state_dict": {}, "extra": NotAllowed()}, bad)
-    else:
+    elif content == "nan_weights":
         checkpoint = load_checkpoint(trained / RUN / "checkpoints" / "best.ckpt")
         checkpoint["state_dict"]["parser.fc_audio.weight"][0, 0] = float("nan")
         torch.save(checkpoint, bad)
+    else:  # one byte of the pickle flipped: a damaged file, not one to trust more (--weights_only false)
+        shutil.copy(trained / RUN / "checkpoints" / "best.ckpt", bad)
+        with zipfile.ZipFile(bad) as archive:
+            info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+        with open(bad, "r+b") as file:
+            file.seek(info.header_offset)
+            header = file.read(30)
+            start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+            file.seek(start + 2)  # after PROTO n: an opcode the weights-only unpickler does not know
+            file.write(b"\x93")
     match = {"text": "not a PyTorch checkpoint file", "truncated": "not a readable checkpoint: truncated",
+             "flipped_byte": "not a readable checkpoint: truncated or corrupt",
              "pickled_object": r"holds pickled Python objects .*give --weights_only false",
              "nan_weights": r"1 weight tensor\(s\) hold NaN or inf values \(parser.fc_audio.weight\)"}[content]
     with pytest.raises(DataError, match=rf"^{bad}: {match}"):
@@ -758,3 +771,34 @@ def test_fit_warns_of_a_test_split_that_test_would_refuse(tiny_root: Path, tmp_p
     assert (tmp_path / RUN / "checkpoints" / "best.ckpt").is_file()  # trained all the same
     with pytest.raises(DataError, match="missing feature file"):
         main(["test", *small_args(root, tmp_path), "--ckpt_path", "best"])
+
+
+def test_a_fit_cut_short_by_max_steps_does_not_save_diverged_weights(tiny_root: Path, tmp_path: Path) -> None:
+    args = [*small_args(tiny_root, tmp_path), "--trainer.max_epochs=4", "--trainer.max_steps=4",  # 3 steps an epoch
+            "--lr_scheduler.init_args.step_size=1", "--lr_scheduler.init_args.gamma=1e50"]  # inf at step 4
+    with pytest.raises(DataError, match=r"training diverged at epoch 1, step 4"):
+        main(["fit", *args])
+    ckpt = load_checkpoint(tmp_path / RUN / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_resume_with_a_section_set_to_null_is_refused(trained: Path, tiny_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    with pytest.raises(DataError, match=r"lr_scheduler.class_path: 'torch.optim.lr_scheduler.StepLR' -> None"):
+        main(["fit", *small_args(tiny_root, out), "--trainer.max_epochs=2", "--ckpt_path", "last",
+              "--lr_scheduler", "null"])
+
+
+def test_inline_yaml_configs_pass_to_the_parser(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", f"data: {{root: {tmp_path}/llp}}", "--print_config"])
+    assert f"root: {tmp_path}/llp" in capsys.readouterr().out
+
+
+def test_fit_from_a_store_without_the_test_split_warns(tiny_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "llp"
+    shutil.copytree(tiny_root, root)
+    pack_store(root, splits=("train", "val"), **DIMS)
+    with pytest.warns(UserWarning, match=r"the test split has problems .*packed holds no test split"):
+        main(["fit", *small_args(root, tmp_path), "--data.store", str(root / "packed"), "--trainer.max_epochs=1"])
