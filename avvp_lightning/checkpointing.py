@@ -232,9 +232,8 @@ class DivergenceStop(pl.Callback):
     in pretraining, ``best.ckpt``) with unusable weights. The weights are checked (one sum per
     tensor, about 10 ms for the paper's parser on a 2-core CPU) every ``every_n_steps`` steps, on
     each epoch's last step and end and before each validation of a fit (once per optimizer step),
-    so the check runs before any
-    checkpoint callback saves (Lightning runs those last) and nothing a diverged run would write
-    replaces the checkpoints of its earlier epochs. The decision rests on the weights alone,
+    so the check runs before any checkpoint callback saves (Lightning runs those last) and nothing
+    a diverged run would write replaces the checkpoints of its earlier epochs. The decision rests on the weights alone,
     which every DDP process holds alike, so all processes stop at the same step; a step that a
     gradient scaler skips (``16-mixed`` overflow) leaves the weights finite and training goes on.
 
@@ -288,9 +287,10 @@ class DivergenceStop(pl.Callback):
         kept = sorted(p.name for p in Path(folder).glob("*.ckpt")) if folder and Path(folder).is_dir() else []
         saved = (f"the checkpoints written before stay as they were ({', '.join(kept)} in {folder})" if kept
                  else "no checkpoint was written before")
+        named_bad = bad[0] + (", ..." if len(bad) > 1 else "")
         raise DataError(
             f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: {len(bad)} of the "
-            f"model's weight tensors are no longer finite (NaN or inf; {bad[0]}{', ...' if len(bad) > 1 else ''}), the last training loss "
+            f"model's weight tensors are no longer finite (NaN or inf; {named_bad}), the last training loss "
             f"is {loss}. Start again with a lower learning rate ({self.lr_option}{lr}) or clipped gradients "
             f"(--trainer.gradient_clip_val 1.0, say); {saved}")
 

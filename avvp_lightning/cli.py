@@ -850,7 +850,8 @@ class AVVPCLI(LightningCLI):
                 check_resume(run_dir, fit, config, fingerprint)
             elif checkpoint is not None:  # run.json lost or damaged: the checkpoint's own record of the options
                 given = runinfo.flatten_config(config)  # (its hparams also hold model.*_dim, linked from data.*)
-                recorded = {k: v for k, v in runinfo.flatten_config(checkpoint_options(checkpoint)).items() if k in given}
+                recorded = {k: v for k, v in runinfo.flatten_config(checkpoint_options(checkpoint)).items()
+                            if k in given}
                 check_resume(run_dir, {"config": recorded}, config, None)
         elif sub in ("validate", "test") and isinstance(fit, dict) and fit.get("data") and fingerprint is not None:
             if not runinfo.same_data(fit["data"], fingerprint):

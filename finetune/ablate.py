@@ -126,19 +126,19 @@ class Run:
         Compares every option that can change the run's reported numbers (all but :data:`INERT`
         ones and where the data and outputs are; the test's threshold against the ``test``
         record) on the resolved config of this sweep's ``fit`` (the CLI's ``--print_config``),
-        and the data by fingerprint: the same options
-        written another way (a path absolute or relative) and a run folder or dataset that moved
-        or was copied count as the same. Empty when alike, or when the run has no record.
-        ``fingerprints`` caches data fingerprints across the runs of a sweep.
+        and the data by fingerprint: the same options written another way (a path absolute or
+        relative) and a run folder or dataset that moved or was copied count as the same. Empty
+        when alike, or when the run has no record. ``fingerprints`` caches data fingerprints
+        across the runs of a sweep.
         """
-        fit = runinfo.read_run_records(self.folder).get("fit")
+        records = runinfo.read_run_records(self.folder)
+        fit, test = records.get("fit"), records.get("test")
         if not isinstance(fit, dict) or not isinstance(fit.get("config"), dict):
             return []
         config = _fit_config(_without_ckpt(self.args("fit", extra)))
         if config is None:  # options this version cannot read: the run's fit ran, this sweep would stop on them
             return ["options (this sweep's fit options do not parse)"]
         recorded = runinfo.flatten_config(fit["config"])
-        test = runinfo.read_run_records(self.folder).get("test")
         if isinstance(test, dict) and isinstance(test.get("config"), dict):  # the reported numbers' threshold
             recorded["model.threshold"] = runinfo.flatten_config(test["config"]).get("model.threshold")
         changes = []
@@ -156,7 +156,8 @@ class Run:
             if root is None:  # the embedded default: the same when the fit used it too
                 same = fit["config"].get("data", {}).get("root") is None
             else:
-                folders = {k.removesuffix("_dir"): v for k, v in data.items() if k.endswith("_dir") and isinstance(v, str)}
+                folders = {k.removesuffix("_dir"): v for k, v in data.items()
+                           if k.endswith("_dir") and isinstance(v, str)}
                 cache = fingerprints if fingerprints is not None else {}
                 key = json.dumps([str(Path(root).expanduser().resolve()), folders], sort_keys=True)
                 if key not in cache:

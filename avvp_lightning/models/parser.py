@@ -16,6 +16,7 @@ modalities runs once over both; ``x.roll(B, 0)`` is "the other modality".
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Literal
 
 import torch
@@ -250,9 +251,9 @@ class AVVPParser(nn.Module):
             )
         for name, value in (("num_layers", num_layers), ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim),
                             ("num_heads", num_heads), ("audio_dim", audio_dim), ("visual_dim", visual_dim)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not isinstance(motion_dim, int) or motion_dim < 0:
+        if not isinstance(motion_dim, Integral) or motion_dim < 0:
             raise ValueError(f"motion_dim must be >= 0 (0: no 3D branch), got {motion_dim}")
         self.audio_dim, self.visual_dim, self.motion_dim = audio_dim, visual_dim, motion_dim
         self.fc_audio = nn.Linear(audio_dim, hidden_dim)
