@@ -9,7 +9,6 @@ an anchor, and the grounding accuracy and ROC AUC of the cosines the variant tra
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
@@ -105,10 +104,6 @@ class PretrainModule(pl.LightningModule):
                 raise ValueError(f"{name} is a cosine similarity, in [-1, 1]; got {value}")
         if silence_threshold is not None and silence_threshold < 0:
             raise ValueError(f"silence_threshold is an L2 norm, >= 0 (or None); got {silence_threshold}")
-        for name, value in (("num_layers", num_layers), ("num_heads", num_heads), ("hidden_dim", hidden_dim),
-                            ("ffn_dim", ffn_dim), ("audio_dim", audio_dim), ("visual_dim", visual_dim)):
-            if not isinstance(value, Integral) or value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0.0 < lr < float("inf") or not 0.0 <= weight_decay < float("inf"):  # also NaN
             raise ValueError(f"lr must be finite and > 0 and weight_decay finite and >= 0, got {lr} and {weight_decay}")
         for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin)):

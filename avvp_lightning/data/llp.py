@@ -370,6 +370,12 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
 _WARNED_FLOAT64: set[str] = set()  # folders already warned about, once per process
 
 
+def _no_feature_file(path: Path, name: str, listed_in: Optional[str]) -> str:
+    """The problem line of a video whose feature file ``path`` is not a file."""
+    what = "not a file (a folder?)" if path.is_dir() else "missing feature file"
+    return f"{path}: {what} for video '{name}'" + (f" ({listed_in})" if listed_in is not None else "")
+
+
 def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: int = NUM_SEGMENTS,
                   dim: Optional[int] = None, pool: bool = True, *, problems: list[str],
                   listed_in: Optional[Sequence[str]] = None,
@@ -400,9 +406,7 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
         path = folder / f"{vid}.npy"
         array = None
         if not path.is_file():
-            where = f" ({listed_in[i]})" if listed_in is not None else ""
-            what = "not a file (a folder?)" if path.is_dir() else "missing feature file"
-            problems.append(f"{path}: {what} for video '{name}'{where}")
+            problems.append(_no_feature_file(path, name, listed_in[i] if listed_in is not None else None))
         else:
             array = _read_npy(path, num_segments, dim, rows, problems, seen, per_segment)  # (k*T, D)
         if array is not None:
@@ -568,8 +572,7 @@ def read_llp(root: str | Path, splits: Sequence[str] = ("train", "val", "test"),
             for name, place in zip(names, where):
                 path = root / folder / f"{video_id(name)}.npy"
                 if not path.is_file():
-                    what = "not a file (a folder?)" if path.is_dir() else "missing feature file"
-                    found.append(f"{path}: {what} for video '{name}' ({place})")
+                    found.append(_no_feature_file(path, name, place))
         elif keep:
             array = load_features(root / folder, names, num_segments, dim, pool, problems=found, listed_in=where,
                                   per_segment=exact)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from avvp_lightning.errors import DataError
+from avvp_lightning.errors import DataError, require_sizes
 
 __all__ = ["AVTransformer", "pool_to_segments"]
 
@@ -69,6 +69,8 @@ class AVTransformer(nn.Module):
         num_segments: int = 10,
     ) -> None:
         super().__init__()
+        require_sizes(num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim, ffn_dim=ffn_dim,
+                      audio_dim=audio_dim, visual_dim=visual_dim)
         if hidden_dim % num_heads != 0:
             raise ValueError(f"hidden_dim={hidden_dim} is not divisible by num_heads={num_heads}")
         self.num_segments = num_segments

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from avvp_lightning.errors import DataError
+from avvp_lightning.errors import DataError, require_sizes
 from avvp_lightning.models.attention import AttentionKind, build_attention
 from avvp_lightning.models.discriminator import ModalityDiscriminator, grad_reverse
 from avvp_lightning.models.dropout import Dropout
@@ -249,10 +249,8 @@ class AVVPParser(nn.Module):
             raise ValueError(
                 "skip=True needs architecture='base': HAN has no shared linear layer to skip over"
             )
-        for name, value in (("num_layers", num_layers), ("hidden_dim", hidden_dim), ("ffn_dim", ffn_dim),
-                            ("num_heads", num_heads), ("audio_dim", audio_dim), ("visual_dim", visual_dim)):
-            if not isinstance(value, Integral) or value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_sizes(num_layers=num_layers, hidden_dim=hidden_dim, ffn_dim=ffn_dim, num_heads=num_heads,
+                      audio_dim=audio_dim, visual_dim=visual_dim)
         if not isinstance(motion_dim, Integral) or motion_dim < 0:
             raise ValueError(f"motion_dim must be >= 0 (0: no 3D branch), got {motion_dim}")
         self.audio_dim, self.visual_dim, self.motion_dim = audio_dim, visual_dim, motion_dim
