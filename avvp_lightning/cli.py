@@ -44,11 +44,12 @@ from pathlib import Path
 from types import MethodType
 from typing import Any, Literal, Optional
 
+import torch
 from lightning_fabric.accelerators.cuda import num_cuda_devices
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
@@ -275,7 +276,8 @@ def check_output_folder(subcommand: str, folder: Path) -> None:
 
 @contextmanager
 def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
-    """Report a :class:`DataError` as one ``<prog>: error: <message>`` line, exit status 2.
+    """Report a :class:`DataError` (or Lightning's ``MisconfigurationException``) as one ``<prog>: error: <message>``
+    line, exit status 2.
 
     Only in command-line use (``args`` None, as the console scripts call ``main()``); a
     ``main(args)`` called from Python gets the exception. Status 2 is also what the argument
@@ -288,6 +290,10 @@ def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
         yield
     except DataError as err:
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except MisconfigurationException as err:  # Lightning refusing options mid-run (a scheduler's unknown monitor)
+        print(f"{prog}: error: invalid option value: {err} (files written before are kept)", file=sys.stderr,
+              flush=True)
         raise SystemExit(2) from None
     except OSError as err:
         if err.errno not in WRITE_ERRORS:
@@ -618,6 +624,34 @@ class AVVPCLI(LightningCLI):
             fn = bound.__func__
             self.model.configure_optimizers = _ConfiguredOptimizers(
                 self.model, fn.func, fn.keywords["optimizer"], fn.keywords["lr_scheduler"])
+            if fn.keywords["lr_scheduler"] is not None:
+                self._probe_lr_scheduler(fn.keywords["optimizer"])
+
+    def _probe_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step a copy of the configured scheduler a few times on a one-number optimizer.
+
+        torch checks few scheduler arguments when it builds one: ``StepLR`` with ``step_size 0``
+        (or ``CosineAnnealingLR`` with ``T_max 0``) divides by zero only at its first step, the
+        end of the first epoch, in a traceback. The probe makes that one ``error:`` line before
+        anything runs. Only arithmetic failures are reported; a scheduler that steps on a metric
+        (``ReduceLROnPlateau``) is not probed.
+        """
+        init = self._get(self.config_init, "lr_scheduler")
+        probe_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                    lr=float(optimizer.param_groups[0]["lr"]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                probe = instantiate_class(probe_opt, init)
+                if isinstance(probe, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    return
+                for _ in range(3):
+                    probe_opt.step()
+                    probe.step()
+        except ArithmeticError as err:
+            args = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(init.get("init_args") or {}).items()))
+            raise DataError(f"invalid option value: --lr_scheduler: {init['class_path'].rsplit('.', 1)[-1]}"
+                            f"({args}) fails at its first step: {err}") from None
 
     def _set_seed(self) -> None:
         """Lightning's seeding; a seed numpy refuses (``--seed_everything -1``) is one ``error:`` line."""

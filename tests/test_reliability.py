@@ -254,6 +254,12 @@ def test_unwritable_output_is_one_line_before_the_data_loads(tiny_root: Path, tm
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (f"avvp-finetune: error: {tmp_path / 'run.json'}: No space left on device "
                                        "(files written before are kept)\n")
+    from lightning_fabric.utilities.exceptions import MisconfigurationException  # Lightning refusing an option mid-run
+    with pytest.raises(SystemExit) as exit_info, command_line_errors(None, "avvp-finetune"):
+        raise MisconfigurationException("ReduceLROnPlateau conditioned on metric val/x which is not available.")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("avvp-finetune: error: invalid option value: ReduceLROnPlateau conditioned on "
+                                       "metric val/x which is not available. (files written before are kept)\n")
 
 
 def test_main_with_args_raises_for_python_callers(tmp_path: Path) -> None:
@@ -714,6 +720,9 @@ def test_config_files_that_are_no_config_name_the_file(tmp_path: Path, content: 
     ("--run.name=../../x", r"--run.name '../../x': a plain name is needed"),
     ("--run.name=", r"--run.name '': a plain name is needed"),
     ("--seed_everything=-1", r"invalid option value: --seed_everything: -1 is not in bounds"),
+    ("--lr_scheduler.init_args.step_size=0",
+     r"invalid option value: --lr_scheduler: StepLR\(gamma=0.5, last_epoch=-1, step_size=0\) fails at its first "
+     r"step: integer modulo by zero"),
 ])
 def test_option_values_refused_before_anything_is_written(tiny_root: Path, tmp_path: Path, option: str,
                                                           message: str) -> None:
