@@ -181,8 +181,9 @@ def test_finetune_ddp_equals_single_process(tmp_path: Path) -> None:
             "--trainer.accelerator", "cpu", *(f"--data.{k}={v}" for k, v in DIMS.items())]
     run_dir = tmp_path / "out" / "base_adv_skip_gcaa" / "seed0"
 
-    run_ddp("avvp-finetune", ["fit", *args, "--trainer.max_epochs=1"])
+    out = run_ddp("avvp-finetune", ["fit", *args, "--trainer.max_epochs=1"])
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert "Grad strides do not match bucket view strides" not in out  # every gradient in its parameter's layout
     # Validation: the metrics DDP logged in fit (csv/version_0) = one process on the same weights.
     finetune(["validate", *args, "--ckpt_path", "last"])
     ddp_val, single_val = logged(run_dir, 0, "val/"), logged(run_dir, 1, "val/")

@@ -130,6 +130,20 @@ def test_gcaa_expanded_scores_equal_the_gated_form(heads: int) -> None:
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("paired", [False, True])
+def test_gcaa_gradients_come_in_their_parameters_layout(heads: int, paired: bool) -> None:
+    # DDP's gradient buckets warn of, and copy, a gradient whose strides differ from its parameter's,
+    # (1, hd) gate vectors with a row stride of 2 hd included.
+    torch.manual_seed(0)
+    first, second = GlobalContextAttention(8, num_heads=heads), GlobalContextAttention(8, num_heads=heads)
+    x = torch.randn(4 if paired else 2, 10, 8)
+    (first(x, x, partner=second) if paired else first(x, x)).square().sum().backward()
+    grads = [(n, p) for m in ((first, second) if paired else (first,)) for n, p in m.named_parameters()]
+    assert all(p.grad is not None for _, p in grads)
+    assert [n for n, p in grads if p.grad.stride() != p.stride()] == []
+
+
 def test_gcaa_expanded_scores_under_bf16_autocast_are_as_close_as_the_gated_form() -> None:
     """Under bf16 autocast both forms round; on average the expanded one is no further from float64.
 

@@ -307,7 +307,11 @@ class GlobalContextAttention(MultiHeadAttention):
         owners = [self] if partner is None else [self, partner]
 
         def gate_rows(x: str, c: str) -> Tensor:  # gate vectors (nh, hd) x and c -> (B, nh, 2, hd)
-            g = torch.stack([torch.stack([getattr(o, x), getattr(o, c)], dim=1) for o in owners])  # (M, nh, 2, hd)
+            # Joined along their rows, so that each vector's gradient is a block of whole rows, in
+            # the vector's own layout (a stack along dim 1 gave (1, hd) gradients a row stride of
+            # 2 hd, which DDP's gradient buckets warn of, and copy, at every step).
+            g = torch.stack([torch.cat([getattr(o, x), getattr(o, c)]).view(2, *getattr(o, x).shape).transpose(0, 1)
+                             for o in owners])  # (M, nh, 2, hd)
             g = g.to(dtype)[:, None].expand(-1, batch // len(owners), -1, -1, -1)  # (M, B/M, nh, 2, hd)
             return g.reshape(batch, *g.shape[2:])
 
