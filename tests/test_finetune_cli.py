@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import warnings
@@ -75,6 +76,12 @@ def test_fit_test_predict_end_to_end(tiny_root: Path, tmp_path: Path, capsys: py
     rescored = avvp_scores(*(torch.from_numpy(x) for x in (pred_a, pred_v, truth_a, truth_v)))
     for key in METRIC_KEYS:
         assert rescored[key] == pytest.approx(result[key], abs=1e-9), key
+    # The logged values (CSV log, W&B, the printed table) carry all the digits, not float32's.
+    rows = [row for version in sorted((run_dir / "csv").iterdir())
+            for row in csv.DictReader((version / "metrics.csv").open(newline="")) if row.get("test/segment/type")]
+    assert len(rows) == 1
+    for key in METRIC_KEYS:
+        assert float(rows[0][f"test/{key}"]) == pytest.approx(result[key], rel=0, abs=1e-12), key
 
     logs = sorted((run_dir / "csv").iterdir())
     main(["predict", *args, "--ckpt_path", "last"])
