@@ -82,8 +82,17 @@ def _npy_header(path: Path) -> str:
     return f"{tuple(shape)} {np.dtype(dtype)}"
 
 
+# What ``avvp-pretrain export`` writes beside the features it makes.
+EXPORT_RECORD = "export.json"
+
+
 def feature_summary(folder: str | Path) -> dict[str, Any]:
-    """Number of ``.npy`` files, SHA-256 of their sorted names, and a count per shape and dtype."""
+    """Number of ``.npy`` files, SHA-256 of their sorted names, and a count per shape and dtype.
+
+    Features of the same names and shapes exported from another pretraining checkpoint differ
+    only in values, which are not read here; the SHA-256 of the folder's ``export.json`` (which
+    names the checkpoint, with its size and time) is added where there is one, so they differ.
+    """
     folder = Path(folder)
     try:
         if not folder.is_dir():
@@ -92,11 +101,16 @@ def feature_summary(folder: str | Path) -> dict[str, Any]:
     except OSError as err:  # no permission: summarised, reported by the data checks when the data loads
         return {"unreadable": err.strerror or type(err).__name__}
     shapes = Counter(_npy_header(folder / name) for name in names)
-    return {
+    summary = {
         "files": len(names),
         "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
         "shapes": dict(sorted(shapes.items())),
     }
+    try:  # features exported by avvp-pretrain export: its record names the checkpoint (file, size, time)
+        summary["export_sha256"] = file_sha256(folder / EXPORT_RECORD)
+    except OSError:
+        pass
+    return summary
 
 
 def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],

@@ -26,8 +26,9 @@ from avvp_lightning.data.llp import SPLIT_FILES, folder_problem, load_features, 
 from avvp_lightning.data.synthetic import atomic_folder
 from avvp_lightning.errors import DataError
 from avvp_lightning.pretrain.module import PretrainModule
+from avvp_lightning.runinfo import EXPORT_RECORD
 
-MARKER = "export.json"  # written into each exported folder: what made it
+MARKER = EXPORT_RECORD  # export.json, written into each exported folder: what made it (in the data fingerprint)
 
 
 def _listed_videos(root: Path) -> list[str]:

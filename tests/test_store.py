@@ -186,6 +186,20 @@ def test_data_fingerprint_skips_what_is_not_a_csv_file(root: Path, tmp_path: Pat
     assert data_fingerprint(root, dirs) == before
 
 
+def test_data_fingerprint_tells_exports_of_other_checkpoints_apart(root: Path, tmp_path: Path) -> None:
+    # Features exported from another pretraining checkpoint have the same names and shapes.
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    dirs = {"audio": "feats/vggish", "visual": "feats/res152", "motion": "feats/r2plus1d_18"}
+    plain = data_fingerprint(data, dirs)
+    assert "export_sha256" not in plain["features"]["audio"]  # folders that no export wrote: as before
+    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint a.ckpt"}\n')
+    first = data_fingerprint(data, dirs)
+    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint b.ckpt"}\n')
+    second = data_fingerprint(data, dirs)
+    assert len({plain["sha256"], first["sha256"], second["sha256"]}) == 3 and not same_data(first, second)
+
+
 def test_store_compares_csvs_by_content(root: Path) -> None:
     for csv in root.glob("*.csv"):  # copied without their mtimes (plain cp, scp, a checkout)
         os.utime(csv, ns=(0, csv.stat().st_mtime_ns + 3 * 10**9))
