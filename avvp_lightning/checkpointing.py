@@ -302,6 +302,8 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
     ``weights_only=True`` (the default) admits tensors and plain containers only; pass False
     only for a file you trust as you would trust code.
     """
+    if not str(path).strip():
+        raise DataError(f"--ckpt_path {str(path)!r}: empty (an unset variable?); give a checkpoint file")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {'a folder, not a checkpoint file' if path.is_dir() else 'checkpoint not found'}")
@@ -393,3 +395,96 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, checkpoint: Optio
             parts.append(f"{len(keys)} {what} ({', '.join(keys[:SHOWN])}{', ...' if len(keys) > SHOWN else ''})")
     raise DataError(message + "Weights: " + "; ".join(parts) + ". Use the config (--config, --model.*, "
                     "--data.*_dim) the checkpoint was trained with.")
+
+
+# Optimizer settings that change how a step is computed, not what it computes.
+_SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")
+
+
+def _plain(value: Any) -> Any:
+    """A setting as a comparable plain value (tuples as lists, one-number tensors as floats)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _group_settings(group: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer param group's settings; ``lr`` is the initial one where a scheduler has moved it."""
+    settings = {k: _plain(v) for k, v in group.items() if k not in ("params", "lr", "initial_lr", *_SPEED_ONLY)}
+    settings["lr"] = _plain(group.get("initial_lr", group.get("lr")))
+    return settings
+
+
+def _configured(model: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """The optimizers and LR schedulers ``model.configure_optimizers()`` returns, in any of Lightning's forms."""
+    optimizers: list[torch.optim.Optimizer] = []
+    schedulers: list[Any] = []
+
+    def collect(item: Any) -> None:
+        if isinstance(item, torch.optim.Optimizer):
+            optimizers.append(item)
+        elif isinstance(item, dict):
+            if "optimizer" in item:
+                collect(item["optimizer"])
+            scheduler = item.get("lr_scheduler", item.get("scheduler"))
+            if scheduler is not None:
+                collect(scheduler)
+        elif isinstance(item, (list, tuple)):
+            for entry in item:
+                collect(entry)
+        elif hasattr(item, "state_dict") and hasattr(item, "step"):  # an LR scheduler
+            schedulers.append(item)
+
+    collect(model.configure_optimizers())
+    return optimizers, schedulers
+
+
+def check_training_state(path: str | Path, checkpoint: dict[str, Any], model: Any) -> None:
+    """Check that ``fit`` can continue ``checkpoint``'s training with the configured optimizer and schedule.
+
+    A fit from a checkpoint restores its optimizer and scheduler state, whose settings (learning
+    rate, betas, weight decay, step size, ...) replace the configured ones without a word, and the
+    run record would name settings the run never used. So they must agree; and a checkpoint of
+    weights only (``save_weights_only``) cannot be continued at all.
+
+    Raises:
+        DataError: No optimizer state, another optimizer, or other settings.
+    """
+    saved = checkpoint.get("optimizer_states")
+    if not saved or "loops" not in checkpoint:
+        raise DataError(f"{path}: holds the weights only (no optimizer state or loop counters, as "
+                        "save_weights_only writes), so fit cannot continue its training; validate, test and "
+                        "predict can use it")
+    try:
+        optimizers, schedulers = _configured(model)
+    except Exception:  # noqa: BLE001 - a model without its optimizers set up: nothing to compare
+        return
+    differ: list[str] = []
+    if len(optimizers) != len(saved):
+        differ.append(f"{len(saved)} optimizer(s) in the checkpoint, {len(optimizers)} configured")
+    for optimizer, state in zip(optimizers, saved):
+        groups, saved_groups = optimizer.param_groups, state.get("param_groups", [])
+        if len(groups) != len(saved_groups):
+            differ.append(f"{len(saved_groups)} parameter group(s) in the checkpoint, {len(groups)} configured")
+            continue
+        for group, saved_group in zip(groups, saved_groups):
+            ours, theirs = _group_settings(group), _group_settings(saved_group)
+            if set(ours) - set(theirs) and set(theirs) - set(ours):
+                differ.append(f"another optimizer (its settings {sorted(set(theirs) - set(ours))}, configured "
+                              f"{sorted(set(ours) - set(theirs))}) than {type(optimizer).__name__}")
+                break
+            differ += [f"optimizer {k} {theirs[k]!r} in the checkpoint, {v!r} configured" for k, v in ours.items()
+                       if k in theirs and theirs[k] != v]
+    for scheduler, state in zip(schedulers, checkpoint.get("lr_schedulers") or []):
+        ours = {k: _plain(v) for k, v in scheduler.state_dict().items()
+                if not k.startswith("_") and k not in ("last_epoch", "base_lrs", "verbose", "optimizer")}
+        differ += [f"lr_scheduler {k} {_plain(state[k])!r} in the checkpoint, {v!r} configured"
+                   for k, v in ours.items() if k in state and _plain(state[k]) != v]
+    differ = list(dict.fromkeys(differ))  # (once for all parameter groups)
+    if differ:
+        shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")
+        raise DataError(f"{path}: fit continues this checkpoint's training, whose optimizer and scheduler state "
+                        f"would replace the configured settings unseen: {shown}. Give the options it was trained "
+                        "with (its run's config-fit.yaml), or leave --ckpt_path out to train anew")

@@ -57,7 +57,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from avvp_lightning import runinfo
 from avvp_lightning.checkpointing import (AtomicCheckpointIO, DivergenceStop, RngStateCallback, RunCheckpoint,
-                                          check_checkpoint)
+                                          check_checkpoint, check_training_state)
 from avvp_lightning.errors import DataError
 
 def _picks_cuda(accelerator: str) -> bool:
@@ -428,6 +428,15 @@ def defining_changes(before: dict[str, Any], after: dict[str, Any],
             if key.startswith(keys) and not key.startswith(FREE_ON_RESUME)}
 
 
+def _file_identity(path: Path) -> Optional[tuple[int, int]]:
+    """(inode, mtime in ns) of a file, None when there is none: a file replaced since has another."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def checkpoint_options(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The options a Lightning checkpoint records, as a config: ``{"model": hparams, "data": hparams}``."""
     return {section: {k: v for k, v in (checkpoint.get(key) or {}).items() if not str(k).startswith("_")}
@@ -777,6 +786,18 @@ class AVVPCLI(LightningCLI):
         if self.subcommand == "fit" and cfg.trainer.get("max_epochs") == 0:
             raise DataError("invalid option value: --trainer.max_epochs 0 trains nothing (give 1 or more, or -1 "
                             "for no limit with --trainer.max_steps)")
+        if self.subcommand == "fit" and cfg.trainer.get("max_steps") == 0:
+            raise DataError("invalid option value: --trainer.max_steps 0 trains nothing (give 1 or more, or -1 "
+                            "for no limit)")
+        limit, does = {"fit": ("limit_train_batches", "trains"), "validate": ("limit_val_batches", "scores"),
+                       "test": ("limit_test_batches", "scores"),
+                       "predict": ("limit_predict_batches", "predicts")}.get(self.subcommand, (None, ""))
+        if limit and cfg.trainer.get(limit) is not None and cfg.trainer.get(limit) == 0:
+            raise DataError(f"invalid option value: --trainer.{limit} {cfg.trainer.get(limit)} {does} nothing (and "
+                            f"would replace the run's record; give a number of batches >= 1 or a fraction)")
+        if cfg.get("ckpt_path") is not None and not str(cfg.get("ckpt_path")).strip():
+            raise DataError(f"--ckpt_path {cfg.get('ckpt_path')!r}: empty (an unset variable?); give best, last or a "
+                            "checkpoint file")
         if cfg.run.reuse_memory:
             reuse_freed_memory()
         if cfg.trainer.default_root_dir is None:
@@ -861,6 +882,7 @@ class AVVPCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.start_run()
+        self._metrics_before = _file_identity(self._metrics_file())
 
     def before_predict(self) -> None:
         self.start_run()
@@ -895,6 +917,8 @@ class AVVPCLI(LightningCLI):
                 warnings.warn(f"{sub} on data other than this run's fit (data sha256 {fingerprint['sha256'][:12]}..., "
                               f"fit {fit['data']['sha256'][:12]}...: see {run_dir / runinfo.RUN_FILE}); its results "
                               f"replace those in {run_dir}", stacklevel=1)
+        if sub == "fit" and checkpoint is not None:  # (after the resume check, whose message names the run's options)
+            check_training_state(ckpt_path, checkpoint, self.model)
         if sub in ("validate", "test", "predict") and isinstance(fit, dict) and ckpt_path \
                 and "://" not in str(ckpt_path) and Path(ckpt_path).resolve().parent != (run_dir / "checkpoints").resolve():
             warnings.warn(f"{sub} of a checkpoint from outside this run ({ckpt_path}), in the folder of a run that "
@@ -922,12 +946,16 @@ class AVVPCLI(LightningCLI):
             return None  # no data there: the datamodule's checks name the root, not "other data than the fit's"
         return record
 
-    def after_test(self) -> None:
-        """Add the run record to ``metrics.json`` when the model wrote one."""
+    def _metrics_file(self) -> Path:
+        """The ``metrics.json`` that the model's test writes."""
         hparams = getattr(self.model, "hparams", {}) or {}
-        folder = Path(hparams.get("output_dir") or Path(self.trainer.default_root_dir) / "test")
-        metrics = folder / "metrics.json"
-        if metrics.is_file() and self.recorder.record is not None:
+        return Path(hparams.get("output_dir") or Path(self.trainer.default_root_dir) / "test") / "metrics.json"
+
+    def after_test(self) -> None:
+        """Add the run record to ``metrics.json`` when this test wrote it (not to an earlier test's)."""
+        metrics = self._metrics_file()
+        written = _file_identity(metrics)
+        if written is not None and written != getattr(self, "_metrics_before", None) and self.recorder.record is not None:
             runinfo.add_to_json(metrics, "run", self.recorder.record)
 
     def stage_callbacks(self, run_dir: Path) -> list[Callback]:

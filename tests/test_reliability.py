@@ -720,6 +720,13 @@ def test_config_files_that_are_no_config_name_the_file(tmp_path: Path, content: 
     ("--run.name=../../x", r"--run.name '../../x': a plain name is needed"),
     ("--run.name=", r"--run.name '': a plain name is needed"),
     ("--seed_everything=-1", r"invalid option value: --seed_everything: -1 is not in bounds"),
+    ("--trainer.max_steps=0", r"--trainer.max_steps 0 trains nothing"),
+    ("--trainer.limit_train_batches=0", r"--trainer.limit_train_batches 0(\.0)? trains nothing"),
+    ("--trainer.limit_train_batches=0.2", r"train set: --trainer.limit_train_batches=0.2 of its 3 batches is less "
+                                          r"than one batch"),
+    ("--trainer.limit_val_batches=0.5", r"val set: --trainer.limit_val_batches=0.5 of its 1 batches is less than "
+                                        r"one batch"),
+    ("--ckpt_path=", r"--ckpt_path '': empty \(an unset variable\?\)"),
     ("--lr_scheduler.init_args.step_size=0",
      r"invalid option value: --lr_scheduler: StepLR\(gamma=0.5, last_epoch=-1, step_size=0\) fails at its first "
      r"step: integer modulo by zero"),
@@ -728,6 +735,55 @@ def test_option_values_refused_before_anything_is_written(tiny_root: Path, tmp_p
                                                           message: str) -> None:
     with pytest.raises(DataError, match=message):
         main(["fit", *small_args(tiny_root, tmp_path / "out"), option])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--trainer.limit_test_batches=0", r"--trainer.limit_test_batches 0(\.0)? scores nothing \(and would replace"),
+    ("--trainer.limit_test_batches=0.5", r"test set: --trainer.limit_test_batches=0.5 of its 1 batches is less than "
+                                         r"one batch"),
+    ("--ckpt_path=", r"--ckpt_path '': empty"),
+])
+def test_test_option_values_refused_keep_the_runs_results(trained: Path, tiny_root: Path, tmp_path: Path,
+                                                            option: str, message: str) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    main(["test", *small_args(tiny_root, out), "--ckpt_path", "best", "--model.threshold", "0.9"])
+    before = {p: p.read_bytes() for p in (out / RUN).rglob("*") if p.is_file() and "csv" not in p.parts}
+    with pytest.raises(DataError, match=message):
+        main(["test", *small_args(tiny_root, out), "--ckpt_path", "best", option])
+    after = {p: p.read_bytes() for p in (out / RUN).rglob("*") if p.is_file() and "csv" not in p.parts}
+    assert after == before  # the threshold-0.9 test's numbers keep their own record
+
+
+def test_fit_from_another_runs_checkpoint_must_use_its_optimizer_settings(trained: Path, tiny_root: Path,
+                                                                          tmp_path: Path) -> None:
+    last = trained / RUN / "checkpoints" / "last.ckpt"
+    args = [*small_args(tiny_root, tmp_path / "out"), "--run.name", "warm", "--trainer.max_epochs=2", "--ckpt_path",
+            str(last)]
+    for option, message in (
+        (["--optimizer.init_args.lr", "0.05"], r"optimizer lr 0.0003 in the checkpoint, 0.05 configured"),
+        (["--lr_scheduler.init_args.gamma", "0.1"], r"lr_scheduler gamma 0.5 in the checkpoint, 0.1 configured"),
+        (["--optimizer", "torch.optim.SGD", "--optimizer.init_args.lr", "0.0003"], r"another optimizer .* than SGD"),
+    ):
+        with pytest.raises(DataError, match=rf"{re.escape(str(last))}: fit continues this checkpoint's training, "
+                                            rf"whose optimizer and scheduler state would replace .*{message}"):
+            main(["fit", *args, *option])
+        assert not (tmp_path / "out").exists()
+    weights = {k: v for k, v in torch.load(last, weights_only=True).items()
+               if k not in ("optimizer_states", "lr_schedulers", "loops")}  # as save_weights_only writes
+    torch.save(weights, tmp_path / "weights.ckpt")
+    with pytest.raises(DataError, match=r"weights\.ckpt: holds the weights only .* fit cannot continue"):
+        main(["fit", *args[:-1], str(tmp_path / "weights.ckpt")])
+    assert not (tmp_path / "out").exists()
+    main(["test", *small_args(tiny_root, tmp_path / "out"), "--ckpt_path", str(tmp_path / "weights.ckpt")])
+
+
+def test_pretrain_fit_from_another_runs_checkpoint_must_use_its_lr(pretrained: Path, tiny_root: Path,
+                                                                   tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"optimizer lr 0.0003 in the checkpoint, 0.05 configured"):
+        pretrain_main(["fit", *pretrain_args(tiny_root, tmp_path / "out"), "--run.name", "warm", "--model.lr=0.05",
+                       "--trainer.max_epochs=2", "--ckpt_path", str(pretrained)])
     assert not (tmp_path / "out").exists()
 
 
@@ -780,6 +836,9 @@ def test_fit_warns_of_a_test_split_that_test_would_refuse(tiny_root: Path, tmp_p
     assert (tmp_path / RUN / "checkpoints" / "best.ckpt").is_file()  # trained all the same
     with pytest.raises(DataError, match="missing feature file"):
         main(["test", *small_args(root, tmp_path), "--ckpt_path", "best"])
+    (root / "AVVP_test_pd.csv").unlink()
+    with pytest.warns(UserWarning, match=r"the test split has problems .*AVVP_test_pd\.csv: file not found"):
+        main(["fit", *small_args(root, tmp_path / "no_test"), "--trainer.fast_dev_run=true"])
 
 
 def test_a_fit_cut_short_by_max_steps_does_not_save_diverged_weights(tiny_root: Path, tmp_path: Path) -> None:

@@ -147,7 +147,8 @@ def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDatase
     out once per split and trainer.
 
     Raises:
-        DataError: Fewer scored videos than processes, or a fractional limit below one batch.
+        DataError: Fewer scored videos than processes, or a fractional limit below one batch (also
+            in one process, where Lightning would stop with a traceback after the run had begun).
     """
     trainer, (_, world) = datamodule.trainer, _grid(datamodule)
     known: dict[str, tuple[object, VideoDataset]] = datamodule.__dict__.setdefault("_scored", {})
@@ -155,18 +156,35 @@ def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDatase
         return known[split][1]
     dataset, what = datamodule.datasets[split], f"{type(datamodule).__name__} {split} set"
     limit = getattr(trainer, LIMITS[split], 1.0) if trainer is not None and split in LIMITS else 1.0
+    batches = math.ceil(len(dataset) / datamodule.batch_size)
+    if isinstance(limit, float) and 0 < limit < 1 and batches and int(batches * limit) == 0:  # Lightning: a traceback
+        raise DataError(f"{what}: --trainer.{LIMITS[split]}={limit} of its {batches} batches is less than "
+                        "one batch; raise the limit")
     if world > 1 and limit != 0 and not (isinstance(limit, float) and limit == 1.0):  # int 1: one batch
-        batches = math.ceil(len(dataset) / datamodule.batch_size)
         kept = int(batches * limit) if isinstance(limit, float) else min(int(limit), batches)
-        if kept == 0:
-            raise DataError(f"{what}: --trainer.{LIMITS[split]}={limit} of its {batches} batches is less than "
-                            "one batch; raise the limit")
         size = min(len(dataset), kept * datamodule.batch_size)
         dataset = VideoDataset(dataset.ids[:size], {name: t[:size] for name, t in dataset.tensors.items()})
         setattr(trainer, LIMITS[split], 1.0)  # applied above, to the list, for every process alike
     _check_processes(len(dataset), world, what)
     known[split] = (trainer, dataset)
     return dataset
+
+
+def check_train_limit(datamodule: pl.LightningDataModule) -> None:
+    """DataError when ``--trainer.limit_train_batches`` is a fraction of less than one training batch.
+
+    Lightning stops on that with a traceback once training starts, after the run had begun (an
+    earlier run in the folder moved aside); here it is one line while the data loads.
+    """
+    trainer, (_, world) = datamodule.trainer, _grid(datamodule)
+    limit = getattr(trainer, "limit_train_batches", 1.0) if trainer is not None else 1.0
+    if not (isinstance(limit, float) and 0 < limit < 1) or "train" not in datamodule.datasets:
+        return
+    batches = math.ceil(math.ceil(len(datamodule.datasets["train"]) / world) / datamodule.batch_size)  # per process
+    if batches and int(batches * limit) == 0:
+        raise DataError(f"{type(datamodule).__name__} train set: --trainer.limit_train_batches={limit} of its "
+                        f"{batches} batches{' per process' if world > 1 else ''} is less than one batch; raise the "
+                        "limit")
 
 
 def _eval_loader(datamodule: pl.LightningDataModule, split: str) -> DataLoader:
@@ -288,6 +306,7 @@ class LLPDataModule(pl.LightningDataModule):
                 self.datasets[split] = self._dataset(data[split], dense=split != "train")
         for split in set(missing) & set(LIMITS):  # enough videos for the processes: checked before any output
             scored_videos(self, split)
+        check_train_limit(self)
         if stage == "fit" and "test" not in self.datasets:
             self._look_at_test_split(options)
 
@@ -309,6 +328,8 @@ class LLPDataModule(pl.LightningDataModule):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 read_llp(root, ["test"], keep=False, read_features=False, problems=problems, **options)
+        else:
+            problems = [f"{root / SPLIT_FILES['test']}: file not found"]
         if problems:
             shown = problems[:5] + ([f"... and {len(problems) - 5} more (avvp-data check ROOT lists them all)"]
                                     if len(problems) > 5 else [])
@@ -462,6 +483,7 @@ class SnippetDataModule(pl.LightningDataModule):
                             f"{SPLIT_FILES['train']}")
         if "val" in self.datasets:
             scored_videos(self, "val")  # enough videos for the processes: checked before any output
+        check_train_limit(self)
 
     def train_dataloader(self) -> DataLoader:
         return _loader(self.datasets["train"], self.batch_size, self.num_workers, shuffle=True)
