@@ -413,11 +413,12 @@ def retire_earlier_run(run_dir: Path, keep: Optional[set[str]] = None) -> Option
 
 
 # A resumed fit must keep these options (dotted prefixes) as its run began; others (max_epochs, devices,
-# workers, logging, where the data lives) may change. Precision may too: it follows the hardware.
+# workers, logging, where the data lives) may change. Precision may too: it follows the hardware. The
+# decision threshold is kept: in fit it decides the validation score that picks best.ckpt.
 RUN_DEFINING = ("seed_everything", "model.", "optimizer", "lr_scheduler", "data.", "trainer.accumulate_grad_batches",
                 "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm", "trainer.limit_train_batches",
                 "trainer.overfit_batches")
-FREE_ON_RESUME = ("model.threshold", "model.output_dir", "model.cuda_graphs", "data.root", "data.num_workers",
+FREE_ON_RESUME = ("model.output_dir", "model.cuda_graphs", "data.root", "data.num_workers",
                   "data.store", "data.device_resident", "data.predict_split", "data.pool_visual")
 
 

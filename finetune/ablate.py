@@ -143,8 +143,7 @@ class Run:
             recorded["model.threshold"] = runinfo.flatten_config(test["config"]).get("model.threshold")
         changes = []
         for key, (old, new) in runinfo.config_changes(recorded, runinfo.flatten_config(config)).items():
-            if key not in recorded or key.startswith(INERT) or (key.startswith(FREE_ON_RESUME)
-                                                                 and key != "model.threshold"):
+            if key not in recorded or key.startswith(INERT) or key.startswith(FREE_ON_RESUME):
                 continue
             if key == "trainer.precision" and new is None:  # auto: the fit recorded what it picked
                 continue

@@ -821,6 +821,8 @@ def test_resume_without_its_run_record_compares_the_checkpoints_options(trained:
         main([*args, "--model.lambda_g=0.3"])
     with pytest.raises(DataError, match=r"data.batch_size: 8 -> 4"):
         main([*args, "--data.batch_size=4"])
+    with pytest.raises(DataError, match=r"model.threshold: 0.5 -> 0.3"):  # it picks best.ckpt
+        main([*args, "--model.threshold=0.3"])
     main(args)  # the same options: resumes
     assert load_checkpoint(out / RUN / "checkpoints" / "last.ckpt")["epoch"] == 1
 
