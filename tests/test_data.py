@@ -82,6 +82,19 @@ def test_dense_truth_quirks_match_loop_reference(tmp_path: Path) -> None:
     assert got[1, :, CLASS_INDEX["Car"]].sum() == 0 and got[1, :, CLASS_INDEX["Cat"]].sum() == 0
 
 
+def test_dense_rows_keyed_by_a_listed_videos_bare_id_warn(tmp_path: Path) -> None:
+    files = ["aaaaaaaaaaa_0_10", "bbbbbbbbbbb_30_40"]
+    rows = [("aaaaaaaaaaa_0_10", "0", "3", "Speech"),
+            ("bbbbbbbbbbb", "2", "4", "Dog"),               # the id alone: HAN ignores it
+            ("ccccccccccc", "0", "1", "Cat")]              # no listed video's id: ignored quietly
+    write_tsv(tmp_path / "dense.csv", ["filename", "onset", "offset", "event_labels"], rows)
+    with pytest.warns(UserWarning, match=r"dense\.csv: 1 row\(s\) name a listed video by its id alone, not its "
+                                         r"filename \(line 3: 'bbbbbbbbbbb' for 'bbbbbbbbbbb_30_40'\)"):
+        got = read_dense_truth(tmp_path / "dense.csv", files)
+    np.testing.assert_array_equal(got, reference_dense(rows, files))  # still read as HAN does
+    assert got[1].sum() == 0
+
+
 def test_dense_truth_random_rows_match_reference(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     files = [f"{i:011d}_0_10" for i in range(30)]

@@ -246,6 +246,8 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
         _report(found, problems, f"file {path}")
         return dense
     row_of = {name: i for i, name in enumerate(filenames)}
+    listed_ids = {video_id(name): name for name in filenames}
+    bare: list[str] = []  # rows keyed by a listed video's id alone, not its filename
     beyond: list[str] = []  # rows reaching past the last segment
     for name, onset, offset, label, line in table.itertuples(index=False, name=None):
         if row_names is not None:
@@ -269,6 +271,12 @@ def read_dense_truth(csv_path: str | Path, filenames: Sequence[str], num_segment
             dense[row_of[name], start:end, classes] = 1.0
             if matched is not None:
                 matched.add(name)
+        elif name in listed_ids and name != listed_ids[name]:
+            bare.append(f"line {line}: '{name}' for '{listed_ids[name]}'")
+    if bare:  # HAN ignores them (they name no listed file): the video's truth would lack these events
+        warnings.warn(f"{path}: {len(bare)} row(s) name a listed video by its id alone, not its filename "
+                      f"({', '.join(bare[:3])}{', ...' if len(bare) > 3 else ''}); read as HAN does, they "
+                      "are ignored: write the filename as in the split CSV (id_start_end)", stacklevel=2)
     if beyond:  # HAN's slicing drops what lies past the last segment; milliseconds would lose nearly all
         warnings.warn(f"{path}: {len(beyond)} row(s) with an onset or offset past the video's {num_segments} "
                       f"segments ({', '.join(beyond[:3])}{', ...' if len(beyond) > 3 else ''}); read as HAN "
