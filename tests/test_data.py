@@ -147,6 +147,19 @@ def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     assert len(problems) == 2 and names[:2] == ["abcdefghijk_0_10", "bcdefghijkl_0_10"]
 
 
+
+def test_near_misses_get_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text("filename\tevent_labels\nabcdefghijk_0_10\tspeech,Baby cry_infant_cry\n")
+    with pytest.raises(DataError) as info:
+        read_weak_labels(tmp_path / "s.csv")
+    assert "line 2: unknown class 'speech' (did you mean 'Speech'?)" in str(info.value)
+    assert "line 2: unknown class 'Baby cry_infant_cry' (did you mean 'Baby_cry_infant_cry'?)" in str(info.value)
+    (tmp_path / "s.csv").write_bytes("filename\tevent_labels\nabcdefghijk_0_10\tSpeech\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"s\.csv: not UTF-8 text \(it is UTF-16, as Excel's 'Unicode Text' saves\); "
+                                        r"save it as UTF-8"):
+        read_weak_labels(tmp_path / "s.csv")
+
+
 def test_filenames_that_are_paths_or_share_an_id_are_named(tmp_path: Path) -> None:
     (tmp_path / "s.csv").write_text("filename\tevent_labels\n/home/me/videos/clip01.mp4\tSpeech\n"
                                     "VID_20230615_101530\tDog\nVID_20230615_143000\tDog\n")
@@ -498,6 +511,9 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
     np.save(visual / f"{ids[1]}.npy", np.zeros((75, 32), np.float32))
     assert f"{visual / ids[1]}.npy: wrong shape (75, 32), expected (10*k, 32) for a whole k >= 1" in _error(root)
+    np.savez(audio / f"{ids[0]}.npz", np.zeros((10, 32), np.float32))  # saved with savez: not read
+    assert f"{audio / ids[0]}.npy: missing feature file ({ids[0]}.npz is there: features are one .npy array " \
+           "per video)" in _error(root)
     np.save(visual / f"{ids[1]}.npy", np.full((80, 32), 3e38, np.float32))  # finite, but their sum is not
     assert f"{visual / ids[1]}.npy: values too large (up to 3e+38, limit 1e+15; real features stay far below it" \
         in _error(root)

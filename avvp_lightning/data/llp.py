@@ -131,7 +131,13 @@ def _read_table(path: Path, columns: Sequence[str], found: list[str],
     except (pd.errors.ParserError, pd.errors.ParserWarning) as err:
         found.append(_extra_fields(path) or f"{path}: not a readable tab-separated CSV ({type(err).__name__}: {err})")
         return None
-    except (UnicodeDecodeError, ValueError, OSError) as err:
+    except UnicodeDecodeError as err:
+        with open(path, "rb") as file:
+            head = file.read(2)
+        saved_as = " (it is UTF-16, as Excel's 'Unicode Text' saves)" if head in (b"\xff\xfe", b"\xfe\xff") else ""
+        found.append(f"{path}: not UTF-8 text{saved_as}; save it as UTF-8 ({err})")
+        return None
+    except (ValueError, OSError) as err:
         found.append(f"{path}: not a readable tab-separated CSV ({type(err).__name__}: {err})")
         return None
     table.columns = [str(c).strip() for c in table.columns]  # as the values: "filename " is filename
@@ -157,7 +163,8 @@ def _parse_labels(text: str, where: str, found: list[str]) -> list[int]:
         if name in CLASS_INDEX:
             indices.append(CLASS_INDEX[name])
         else:
-            found.append(f"{where}: unknown class '{name}'")
+            near = [c for c in CLASS_INDEX if c.lower() == name.lower().replace(" ", "_")]
+            found.append(f"{where}: unknown class '{name}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
     return indices
 
 
@@ -381,6 +388,9 @@ _WARNED_FLOAT64: set[str] = set()  # folders already warned about, once per proc
 def _no_feature_file(path: Path, name: str, listed_in: Optional[str]) -> str:
     """The problem line of a video whose feature file ``path`` is not a file."""
     what = "not a file (a folder?)" if path.is_dir() else "missing feature file"
+    other = [p.name for p in (path.with_suffix(".npz"), path.with_suffix(".npy.npy")) if p.is_file()]
+    if other and what == "missing feature file":
+        what += f" ({other[0]} is there: features are one .npy array per video)"
     return f"{path}: {what} for video '{name}'" + (f" ({listed_in})" if listed_in is not None else "")
 
 
