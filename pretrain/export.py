@@ -22,7 +22,8 @@ from typing import Union
 import numpy as np
 import torch
 
-from avvp_lightning.data.llp import SPLIT_FILES, folder_problem, load_features, read_video_list, video_id
+from avvp_lightning.data.llp import (SPLIT_FILES, _no_feature_file, folder_problem, load_features, raise_problems,
+                                     read_video_list, video_id)
 from avvp_lightning.data.synthetic import atomic_folder
 from avvp_lightning.errors import DataError
 from avvp_lightning.pretrain.module import PretrainModule
@@ -31,13 +32,20 @@ from avvp_lightning.runinfo import EXPORT_RECORD
 MARKER = EXPORT_RECORD  # export.json, written into each exported folder: what made it (in the data fingerprint)
 
 
-def _listed_videos(root: Path) -> list[str]:
-    """One filename per video id over every split CSV (train, val, test), first seen order."""
-    by_id: dict[str, str] = {}
-    for csv_name in SPLIT_FILES.values():
-        filenames, _, _ = read_video_list(root / csv_name, labels="ignore")
-        for filename in filenames:
-            by_id.setdefault(video_id(filename), filename)
+def _listed_videos(root: Path) -> list[tuple[str, str]]:
+    """One (filename, where it is listed) per video id over the split CSVs there (train, val, test), first seen order.
+
+    The splits without a CSV are left out (a dataset may have no test CSV yet); none at all is an error.
+    """
+    present = [name for name in SPLIT_FILES.values() if (root / name).exists()]
+    if not present:
+        raise DataError(f"{root}: no split CSV ({', '.join(SPLIT_FILES.values())}); export writes the features of "
+                        "the videos they list, for avvp-finetune: give the LLP dataset root, not a snippet dataset")
+    by_id: dict[str, tuple[str, str]] = {}
+    for csv_name in present:
+        filenames, _, lines = read_video_list(root / csv_name, labels="ignore")
+        for filename, line in zip(filenames, lines):
+            by_id.setdefault(video_id(filename), (filename, f"{root / csv_name}, line {line}"))
     return list(by_id.values())
 
 
@@ -125,7 +133,12 @@ def export_features(
         raise DataError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices here; use --device cpu")
     module = _load_module(module_or_ckpt, torch_device)
     hp = module.hparams
-    filenames = _listed_videos(root)
+    listed = _listed_videos(root)
+    filenames = [filename for filename, _ in listed]
+    missing = [_no_feature_file(path, filename, where) for filename, where in listed for folder in (audio_dir, visual_dir)
+               if not (path := root / folder / f"{video_id(filename)}.npy").is_file()]
+    raise_problems(missing, what=f"dataset at {root} (export needs the features of every listed video)",
+                   check=f"avvp-data check {root}")  # all of them, before the first batch runs
     source = "the given module" if isinstance(module_or_ckpt, PretrainModule) else f"the checkpoint {module_or_ckpt}"
     if filenames:
         _check_widths(root, audio_dir, filenames[0], hp.audio_dim, "audio", source)

@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from avvp_lightning.data.llp import SPLIT_FILES
 from avvp_lightning.errors import DataError
 from avvp_lightning.losses.grounding import grounding_scores
 from avvp_lightning.models.av_transformer import AVTransformer, pool_to_segments
@@ -311,14 +312,24 @@ def test_export_reports_missing_or_malformed_inputs(tmp_path: Path) -> None:
     ids = write_llp_root(tmp_path)
     module = PretrainModule(**SMALL)
     (tmp_path / "feats" / "res152" / f"{ids[1]}.npy").unlink()
-    with pytest.raises(DataError, match=f"{ids[1]}.npy: missing feature file"):
-        export_features(module, tmp_path, out_name="x")
+    (tmp_path / "feats" / "vggish" / f"{ids[4]}.npy").unlink()  # in the last CSV: named too, before any batch runs
+    with pytest.raises(DataError, match=rf"2 problems in the dataset at {tmp_path} \(export needs the features of "
+                                        rf"every listed video\):\n  - .*{ids[1]}.npy: missing feature file for video "
+                                        rf"'bbbb-bb_bbb_30_40' \(.*AVVP_train.csv, line 3\)\n  - .*vggish/{ids[4]}.npy"):
+        export_features(module, tmp_path, out_name="x", batch_size=1)
+    assert not (tmp_path / "feats" / "x_audio").exists()
+    np.save(tmp_path / "feats" / "vggish" / f"{ids[4]}.npy", np.zeros((T, DA), np.float32))
     np.save(tmp_path / "feats" / "res152" / f"{ids[1]}.npy", np.zeros((75, DV), np.float32))
     with pytest.raises(DataError, match=r"wrong shape \(75, 32\)"):
         export_features(module, tmp_path, out_name="x")
-    (tmp_path / "AVVP_test_pd.csv").unlink()
-    with pytest.raises(DataError, match="AVVP_test_pd.csv: file not found"):
-        export_features(module, tmp_path, out_name="x")
+    np.save(tmp_path / "feats" / "res152" / f"{ids[1]}.npy", np.zeros((8 * T, DV), np.float32))
+    (tmp_path / "AVVP_test_pd.csv").unlink()  # no test CSV (yet): the other splits' videos are exported
+    audio_out, _ = export_features(module, tmp_path, out_name="x")
+    assert sorted(p.stem for p in audio_out.glob("*.npy")) == sorted(ids[:4])
+    for name in SPLIT_FILES.values():
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(DataError, match=rf"{tmp_path}: no split CSV \(AVVP_train.csv, .*give the LLP dataset root"):
+        export_features(module, tmp_path, out_name="y")
     with pytest.raises(DataError, match="checkpoint not found"):
         export_features(tmp_path / "missing.ckpt", tmp_path, out_name="x")
     for name in ("../../escape", "", " ", "..", "a/b"):  # would write outside feats/, or as feats/_audio
