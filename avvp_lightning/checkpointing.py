@@ -20,6 +20,7 @@ never arbitrary pickled objects.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import random
@@ -399,6 +400,9 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, checkpoint: Optio
 
 # Optimizer settings that change how a step is computed, not what it computes.
 _SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")
+# Param group entries that schedulers set or move as training runs (OneCycleLR and CyclicLR cycle the
+# momentum or betas and add these keys; any scheduler moves ``lr``, whose start is ``initial_lr``).
+_SCHEDULED = ("lr", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 
 
 def _plain(value: Any) -> Any:
@@ -410,11 +414,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _group_settings(group: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer param group's settings; ``lr`` is the initial one where a scheduler has moved it."""
-    settings = {k: _plain(v) for k, v in group.items() if k not in ("params", "lr", "initial_lr", *_SPEED_ONLY)}
-    settings["lr"] = _plain(group.get("initial_lr", group.get("lr")))
+def _group_settings(group: dict[str, Any], scheduled: bool) -> dict[str, Any]:
+    """The settings of an optimizer param group that training does not move.
+
+    ``scheduled``: a scheduler ran on the group; then ``lr`` counts by its start (``initial_lr``,
+    where the scheduler keeps one; ReduceLROnPlateau keeps none) and a cycled momentum not at all.
+    """
+    cycled = "base_momentum" in group  # OneCycleLR / CyclicLR with cycle_momentum
+    settings = {k: _plain(v) for k, v in group.items() if k not in ("params", *_SCHEDULED, *_SPEED_ONLY)
+                and not (cycled and k in ("momentum", "betas"))}
+    if not scheduled or "initial_lr" in group:
+        settings["lr"] = _plain(group.get("initial_lr", group.get("lr")))
     return settings
+
+
+def _scheduler_settings(scheduler: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a scheduler's state that its constructor sets (step_size, gamma, T_max, ...), not its counters."""
+    arguments: set[str] = set()
+    for cls in type(scheduler).__mro__:  # Lightning's ReduceLROnPlateau passes torch's arguments on as *args
+        try:
+            arguments |= set(inspect.signature(cls.__dict__["__init__"]).parameters)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return {k: _plain(v) for k, v in state.items()
+            if k in arguments and k not in ("self", "optimizer", "last_epoch", "verbose")}
 
 
 def _configured(model: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
@@ -469,8 +492,9 @@ def check_training_state(path: str | Path, checkpoint: dict[str, Any], model: An
         if len(groups) != len(saved_groups):
             differ.append(f"{len(saved_groups)} parameter group(s) in the checkpoint, {len(groups)} configured")
             continue
+        scheduled = bool(schedulers) or bool(checkpoint.get("lr_schedulers"))
         for group, saved_group in zip(groups, saved_groups):
-            ours, theirs = _group_settings(group), _group_settings(saved_group)
+            ours, theirs = _group_settings(group, scheduled), _group_settings(saved_group, scheduled)
             if set(ours) - set(theirs) and set(theirs) - set(ours):
                 differ.append(f"another optimizer (its settings {sorted(set(theirs) - set(ours))}, configured "
                               f"{sorted(set(ours) - set(theirs))}) than {type(optimizer).__name__}")
@@ -478,10 +502,10 @@ def check_training_state(path: str | Path, checkpoint: dict[str, Any], model: An
             differ += [f"optimizer {k} {theirs[k]!r} in the checkpoint, {v!r} configured" for k, v in ours.items()
                        if k in theirs and theirs[k] != v]
     for scheduler, state in zip(schedulers, checkpoint.get("lr_schedulers") or []):
-        ours = {k: _plain(v) for k, v in scheduler.state_dict().items()
-                if not k.startswith("_") and k not in ("last_epoch", "base_lrs", "verbose", "optimizer")}
-        differ += [f"lr_scheduler {k} {_plain(state[k])!r} in the checkpoint, {v!r} configured"
-                   for k, v in ours.items() if k in state and _plain(state[k]) != v]
+        theirs = _scheduler_settings(scheduler, state)
+        differ += [f"lr_scheduler {k} {theirs[k]!r} in the checkpoint, {v!r} configured"
+                   for k, v in _scheduler_settings(scheduler, scheduler.state_dict()).items()
+                   if k in theirs and theirs[k] != v]
     differ = list(dict.fromkeys(differ))  # (once for all parameter groups)
     if differ:
         shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")

@@ -292,8 +292,8 @@ def command_line_errors(args: ArgsType, prog: str) -> Iterator[None]:
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except MisconfigurationException as err:  # Lightning refusing options mid-run (a scheduler's unknown monitor)
-        print(f"{prog}: error: invalid option value: {err} (files written before are kept)", file=sys.stderr,
-              flush=True)
+        print(f"{prog}: error: {err} (Lightning refused the configuration; files written before are kept)",
+              file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except OSError as err:
         if err.errno not in WRITE_ERRORS:
@@ -662,7 +662,7 @@ class AVVPCLI(LightningCLI):
         except ArithmeticError as err:
             args = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(init.get("init_args") or {}).items()))
             raise DataError(f"invalid option value: --lr_scheduler: {init['class_path'].rsplit('.', 1)[-1]}"
-                            f"({args}) fails at its first step: {err}") from None
+                            f"({args}) fails within its first steps: {err}") from None
         except Exception:  # noqa: BLE001 - no verdict: the probe differs from the run (OneCycleLR's total_steps 2)
             return
 

@@ -107,9 +107,14 @@ def feature_summary(folder: str | Path) -> dict[str, Any]:
         "shapes": dict(sorted(shapes.items())),
     }
     try:  # features exported by avvp-pretrain export: its record names the checkpoint (file, size, time)
-        summary["export_sha256"] = file_sha256(folder / EXPORT_RECORD)
+        text = (folder / EXPORT_RECORD).read_bytes()
     except OSError:
+        return summary
+    try:  # where the root was is not what the features are
+        text = json.dumps({k: v for k, v in json.loads(text).items() if k != "root"}, sort_keys=True).encode()
+    except (ValueError, AttributeError):
         pass
+    summary["export_sha256"] = hashlib.sha256(text).hexdigest()
     return summary
 
 
@@ -145,15 +150,22 @@ def data_fingerprint(root: str | Path, feature_dirs: Mapping[str, str],
         except OSError:  # no permission
             continue
     features = {name: {"dir": folder, **feature_summary(root / folder)} for name, folder in sorted(feature_dirs.items())}
-    content: dict[str, Any] = {"csv": csvs, "features": features}
     stored = None if store is None else {"path": str(Path(store).expanduser().resolve()), "sha256": store_sha256(store)}
-    if stored is not None and all(f.get("missing") for f in features.values()):
-        content["store"] = stored["sha256"]
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    record = {"root": str(root.resolve()), "csv": csvs, "features": features, "sha256": digest}
+    record = {"root": str(root.resolve()), "csv": csvs, "features": features}
     if stored is not None:
         record["store"] = stored
+    record["sha256"] = _data_digest(record)
     return record
+
+
+def _data_digest(record: Mapping[str, Any], exports: bool = True) -> str:
+    """The ``sha256`` of a :func:`data_fingerprint` record; ``exports=False``: as if no folder had an ``export.json``."""
+    features = {name: {k: v for k, v in summary.items() if exports or k != "export_sha256"}
+                for name, summary in (record.get("features") or {}).items()}
+    content: dict[str, Any] = {"csv": record.get("csv"), "features": features}
+    if record.get("store") and all(f.get("missing") for f in features.values()):
+        content["store"] = record["store"]["sha256"]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def same_data(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
@@ -162,10 +174,15 @@ def same_data(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     Equal hashes, or equal CSVs and the same packed store. Read from a store alone (its feature
     folders not at the root, say the CSVs and the store copied to a GPU node), the hash holds the
     store's instead of the folders' summary; with equal CSVs and no store to compare on both
-    sides, the features cannot be compared, and they count as the same.
+    sides, the features cannot be compared, and they count as the same. A record made before
+    fingerprints held exported folders' ``export.json`` is compared with the other without it.
     """
     if before.get("sha256") == after.get("sha256"):
         return True
+    exported = [any("export_sha256" in f for f in (record.get("features") or {}).values()) for record in (before, after)]
+    if exported[0] != exported[1]:  # one recorded before fingerprints held export.json: compared without it
+        plain, other = (before, after) if exported[1] else (after, before)
+        return plain.get("sha256") == _data_digest(other, exports=False)
     if before.get("csv") != after.get("csv"):
         return False
     stores = [(record.get("store") or {}).get("sha256") for record in (before, after)]

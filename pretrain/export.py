@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Union
@@ -35,12 +36,17 @@ MARKER = EXPORT_RECORD  # export.json, written into each exported folder: what m
 def _listed_videos(root: Path) -> list[tuple[str, str]]:
     """One (filename, where it is listed) per video id over the split CSVs there (train, val, test), first seen order.
 
-    The splits without a CSV are left out (a dataset may have no test CSV yet); none at all is an error.
+    The splits without a CSV are left out, with a warning (a dataset may have no test CSV yet); none at
+    all is an error.
     """
     present = [name for name in SPLIT_FILES.values() if (root / name).exists()]
     if not present:
         raise DataError(f"{root}: no split CSV ({', '.join(SPLIT_FILES.values())}); export writes the features of "
                         "the videos they list, for avvp-finetune: give the LLP dataset root, not a snippet dataset")
+    absent = [name for name in SPLIT_FILES.values() if name not in present]
+    if absent:
+        warnings.warn(f"{root}: no {' or '.join(absent)}: the videos of {'that split' if len(absent) == 1 else 'those splits'}"
+                      " are not exported (export again with --overwrite once it is there)", stacklevel=3)
     by_id: dict[str, tuple[str, str]] = {}
     for csv_name in present:
         filenames, _, lines = read_video_list(root / csv_name, labels="ignore")

@@ -258,8 +258,9 @@ def test_unwritable_output_is_one_line_before_the_data_loads(tiny_root: Path, tm
     with pytest.raises(SystemExit) as exit_info, command_line_errors(None, "avvp-finetune"):
         raise MisconfigurationException("ReduceLROnPlateau conditioned on metric val/x which is not available.")
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == ("avvp-finetune: error: invalid option value: ReduceLROnPlateau conditioned on "
-                                       "metric val/x which is not available. (files written before are kept)\n")
+    assert capsys.readouterr().err == ("avvp-finetune: error: ReduceLROnPlateau conditioned on metric val/x which is "
+                                       "not available. (Lightning refused the configuration; files written before "
+                                       "are kept)\n")
 
 
 def test_main_with_args_raises_for_python_callers(tmp_path: Path) -> None:
@@ -728,8 +729,8 @@ def test_config_files_that_are_no_config_name_the_file(tmp_path: Path, content: 
                                         r"one batch"),
     ("--ckpt_path=", r"--ckpt_path '': empty \(an unset variable\?\)"),
     ("--lr_scheduler.init_args.step_size=0",
-     r"invalid option value: --lr_scheduler: StepLR\(gamma=0.5, last_epoch=-1, step_size=0\) fails at its first "
-     r"step: integer modulo by zero"),
+     r"invalid option value: --lr_scheduler: StepLR\(gamma=0.5, last_epoch=-1, step_size=0\) fails within its first "
+     r"steps: integer modulo by zero"),
 ])
 def test_option_values_refused_before_anything_is_written(tiny_root: Path, tmp_path: Path, option: str,
                                                           message: str) -> None:
@@ -756,6 +757,23 @@ def test_test_option_values_refused_keep_the_runs_results(trained: Path, tiny_ro
     assert after == before  # the threshold-0.9 test's numbers keep their own record
 
 
+def test_a_test_adds_its_record_only_to_the_metrics_it_wrote(trained: Path, tiny_root: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import avvp_lightning.finetune.module as module
+
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    main(["test", *small_args(tiny_root, out), "--ckpt_path", "best", "--model.threshold", "0.9"])
+    metrics = out / RUN / "test" / "metrics.json"
+    before = metrics.read_bytes()
+    write = module.write_atomic  # a test that ends without writing its metrics.json (stopped, or its writer skipped)
+    monkeypatch.setattr(module, "write_atomic", lambda path, content: None if Path(path).name == "metrics.json"
+                        else write(path, content))
+    main(["test", *small_args(tiny_root, out), "--ckpt_path", "best"])
+    assert metrics.read_bytes() == before  # the threshold-0.9 numbers keep their own record
+    assert json.loads(before)["run"]["config"]["model"]["threshold"] == 0.9
+
+
 def test_fit_from_another_runs_checkpoint_must_use_its_optimizer_settings(trained: Path, tiny_root: Path,
                                                                           tmp_path: Path) -> None:
     last = trained / RUN / "checkpoints" / "last.ckpt"
@@ -777,6 +795,28 @@ def test_fit_from_another_runs_checkpoint_must_use_its_optimizer_settings(traine
         main(["fit", *args[:-1], str(tmp_path / "weights.ckpt")])
     assert not (tmp_path / "out").exists()
     main(["test", *small_args(tiny_root, tmp_path / "out"), "--ckpt_path", str(tmp_path / "weights.ckpt")])
+
+
+@pytest.mark.parametrize("schedule, change, message", [
+    (["--lr_scheduler=pytorch_lightning.cli.ReduceLROnPlateau", "--lr_scheduler.init_args.monitor=val/segment/type",
+      "--lr_scheduler.init_args.mode=max", "--lr_scheduler.init_args.patience=0"],  # moves lr, best, counters
+     "--lr_scheduler.init_args.factor=0.5", r"lr_scheduler factor 0.1 in the checkpoint, 0.5 configured"),
+    (["--lr_scheduler=torch.optim.lr_scheduler.OneCycleLR", "--lr_scheduler.init_args.max_lr=0.001",
+      "--lr_scheduler.init_args.total_steps=10"],  # cycles the betas too
+     "--lr_scheduler.init_args.total_steps=20", r"lr_scheduler total_steps 10 in the checkpoint, 20 configured"),
+    (["--lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingWarmRestarts", "--lr_scheduler.init_args.T_0=1",
+      "--lr_scheduler.init_args.T_mult=2"],  # T_i, T_cur move
+     "--optimizer.init_args.lr=0.05", r"optimizer lr 0.0003 in the checkpoint, 0.05 configured"),
+])
+def test_resume_with_schedulers_that_move_their_state(tiny_root: Path, tmp_path: Path, schedule: list[str],
+                                                      change: str, message: str) -> None:
+    args = ["fit", *small_args(tiny_root, tmp_path), *schedule]
+    main([*args, "--trainer.max_epochs=2"])
+    main([*args, "--trainer.max_epochs=3", "--ckpt_path", "last"])  # the state moved, the settings did not
+    assert load_checkpoint(tmp_path / RUN / "checkpoints" / "last.ckpt")["epoch"] == 2
+    with pytest.raises(DataError, match=message):  # another run continuing it with another setting
+        main([*args, "--run.name=other", change, "--trainer.max_epochs=4", "--ckpt_path",
+              str(tmp_path / RUN / "checkpoints" / "last.ckpt")])
 
 
 def test_pretrain_fit_from_another_runs_checkpoint_must_use_its_lr(pretrained: Path, tiny_root: Path,

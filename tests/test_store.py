@@ -193,11 +193,15 @@ def test_data_fingerprint_tells_exports_of_other_checkpoints_apart(root: Path, t
     dirs = {"audio": "feats/vggish", "visual": "feats/res152", "motion": "feats/r2plus1d_18"}
     plain = data_fingerprint(data, dirs)
     assert "export_sha256" not in plain["features"]["audio"]  # folders that no export wrote: as before
-    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint a.ckpt"}\n')
+    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint a.ckpt", "root": "/a"}\n')
     first = data_fingerprint(data, dirs)
-    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint b.ckpt"}\n')
+    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint b.ckpt", "root": "/a"}\n')
     second = data_fingerprint(data, dirs)
     assert len({plain["sha256"], first["sha256"], second["sha256"]}) == 3 and not same_data(first, second)
+    (data / "feats" / "vggish" / "export.json").write_text('{"encoder": "the checkpoint b.ckpt", "root": "b"}\n')
+    assert data_fingerprint(data, dirs)["sha256"] == second["sha256"]  # where the root was is not the data
+    # A record made before fingerprints held export.json (a run fit then) still matches the same features.
+    assert same_data(plain, second) and same_data(second, plain)
 
 
 def test_store_compares_csvs_by_content(root: Path) -> None:
