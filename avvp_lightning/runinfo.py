@@ -284,6 +284,21 @@ def write_run_record(run_dir: str | Path, record: Mapping[str, Any], resumed: bo
     return path
 
 
+def fit_options(fit: Mapping[str, Any]) -> dict[str, Any]:
+    """The options (flat, ``{"a.b": leaf}``) a ``fit`` entry of ``run.json`` ended with.
+
+    Its first config, with the changes of its last resume (each resume records its changes
+    against that first config): a resume may change ``trainer.max_epochs``, devices, workers.
+    """
+    flat = flatten_config(fit.get("config") or {})
+    resumes = fit.get("resumes") or []
+    last = resumes[-1] if isinstance(resumes, list) and resumes and isinstance(resumes[-1], dict) else {}
+    for key, change in (last.get("changes") or {}).items():
+        if isinstance(change, list) and len(change) == 2:
+            flat[key] = change[1]
+    return flat
+
+
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as ``{"a.b.c": leaf}``."""
     if not isinstance(value, Mapping):

@@ -44,8 +44,10 @@ import contextlib
 import gc
 import io
 import json
+import os
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -138,7 +140,7 @@ class Run:
         config = _fit_config(_without_ckpt(self.args("fit", extra)))
         if config is None:  # options this version cannot read: the run's fit ran, this sweep would stop on them
             return ["options (this sweep's fit options do not parse)"]
-        recorded = runinfo.flatten_config(fit["config"])
+        recorded = runinfo.fit_options(fit)  # (a resumed fit: as it ended, max_epochs included)
         if isinstance(test, dict) and isinstance(test.get("config"), dict):  # the reported numbers' threshold
             recorded["model.threshold"] = runinfo.flatten_config(test["config"]).get("model.threshold")
         changes = []
@@ -164,6 +166,10 @@ class Run:
                 same = runinfo.same_data(trained_on, cache[key])
             if not same:
                 changes.append(f"data: {trained_on.get('root')} (sha256 {trained_on['sha256'][:12]}...) -> {root}")
+            tested_on = test.get("data") if isinstance(test, dict) else None
+            if same and isinstance(tested_on, dict) and tested_on.get("sha256") and root is not None \
+                    and not runinfo.same_data(tested_on, cache[key]):
+                changes.append(f"test data: {tested_on.get('root')} (sha256 {tested_on['sha256'][:12]}...) -> {root}")
         return changes
 
     def args(self, subcommand: str, extra: list[str]) -> list[str]:
@@ -178,12 +184,24 @@ class Run:
 
 
 def check_options(run: "Run", extra: list[str]) -> None:
-    """Stop before any run when ``avvp-finetune fit`` refuses the sweep's options (the parser's error on stderr)."""
-    if _fit_config(_without_ckpt(run.args("fit", extra)), quiet=False) is not None:
-        return
-    print("[avvp-ablate] avvp-finetune fit refuses the options above; fix them, then run the command again",
-          file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    """Stop before any run when ``avvp-finetune fit`` refuses a row's options (the parser's error on stderr),
+    or when they leave no ``best.ckpt`` for the row's test (no validation)."""
+    config = _fit_config(_without_ckpt(run.args("fit", extra)), quiet=False)
+    if config is None:
+        print(f"[avvp-ablate] avvp-finetune fit refuses the options above (row {run.name}); fix them, then run "
+              "the command again", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    try:  # the values the model refuses (num_heads 3 for a width of 512), which the parse alone lets through
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ParserModule(**(config.get("model") or {}))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"invalid option value (row {run.name}): {err}") from None
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    if trainer.get("limit_val_batches") == 0 or trainer.get("fast_dev_run"):
+        option = "--trainer.limit_val_batches 0" if trainer.get("limit_val_batches") == 0 else "--trainer.fast_dev_run"
+        raise DataError(f"{option}: the sweep tests each run's best.ckpt, which validation picks, and this leaves "
+                        "none (no validation); remove it")
 
 
 def _fit_config(args: list[str], quiet: bool = True) -> Optional[dict]:
@@ -248,12 +266,25 @@ def _release() -> None:
 
 
 def _finetune(args: list[str]) -> None:
-    argv = sys.argv
-    sys.argv = ["avvp-finetune"]  # LightningCLI warns when given args while sys.argv holds others; its usage names it
+    # sys.argv as if avvp-finetune ran these args: Lightning's DDP launcher starts the other processes
+    # with this process's command line (sys.argv), and the usage names avvp-finetune.
+    argv, environ = sys.argv, dict(os.environ)
+    script = Path(argv[0]).with_name("avvp-finetune") if argv and argv[0] else None
+    sys.argv = [str(script) if script is not None and script.is_file() else "avvp-finetune", *args]
     try:
-        finetune_cli.main(args)
+        with warnings.catch_warnings():  # LightningCLI's note that sys.argv holds args too: the same ones
+            warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+            finetune_cli.main(args)
     finally:
         sys.argv = argv
+        # The next call starts its processes anew: without the DDP process group of this one (its other
+        # processes have ended) and the launcher's variables (LOCAL_RANK would say it was launched).
+        distributed = sys.modules.get("torch.distributed")
+        if distributed is not None and distributed.is_available() and distributed.is_initialized():
+            distributed.destroy_process_group()
+        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            if key not in environ:
+                os.environ.pop(key, None)
         _release()
 
 
@@ -273,8 +304,8 @@ def sweep(runs: list[Run], extra: list[str], dry_run: bool = False) -> list[Run]
     An exception (or Ctrl-C) stops the sweep after saying which run failed; the same command
     then resumes where it stopped.
     """
-    if runs:
-        check_options(runs[0], extra)  # a misspelt option stops here, before any run (also with --dry_run)
+    for run in {run.name: run for run in runs}.values():  # each row once: a misspelt option or a row's bad
+        check_options(run, extra)  # config stops here, before any run (also with --dry_run)
     todo = [run for run in runs if not run.done]
     print(f"[avvp-ablate] {len(runs)} runs: {len(runs) - len(todo)} finished, {len(todo)} to do", flush=True)
     fingerprints: dict = {}

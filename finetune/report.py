@@ -133,14 +133,18 @@ def find_runs(output_dir: str | Path, configs: Optional[Sequence[str]] = None
 
 #: The options of ``test`` that change its numbers for the same checkpoint.
 TEST_DEFINING = ("model.threshold", "trainer.precision", "trainer.limit_test_batches")
+# Fit options besides RUN_DEFINING that change the reported numbers: the length of training, the
+# precision, and what validation (which picks best.ckpt) scores and when.
+FIT_DEFINING = ("trainer.max_epochs", "trainer.max_steps", "trainer.precision", "trainer.check_val_every_n_epoch",
+                "trainer.val_check_interval", "trainer.limit_val_batches")
 
 
 def differences(runs: Sequence[RunResult]) -> list[str]:
     """How the runs of one row differ from its first run in how they were trained or tested.
 
-    From each run's ``run.json``: in its ``fit`` entry, the options a resumed fit must keep
-    (:data:`~avvp_lightning.cli.RUN_DEFINING`, except the seed), the number of epochs or steps and
-    the data (:func:`~avvp_lightning.runinfo.same_data`); in its ``test`` entry,
+    From each run's ``run.json``: in its ``fit`` entry (as the fit ended, after its resumes), the
+    options a resumed fit must keep (:data:`~avvp_lightning.cli.RUN_DEFINING`, except the seed),
+    :data:`FIT_DEFINING` and the data (:func:`~avvp_lightning.runinfo.same_data`); in its ``test`` entry,
     :data:`TEST_DEFINING`, the checkpoint's file name (``best.ckpt``, ``last.ckpt``) and the data.
     Runs without a record are not compared.
     """
@@ -149,10 +153,10 @@ def differences(runs: Sequence[RunResult]) -> list[str]:
     if len(records) < 2:
         return []
     (first, base), notes = records[0], []
-    keys = tuple(k for k in RUN_DEFINING if k != "seed_everything") + ("trainer.max_epochs", "trainer.max_steps")
+    keys = tuple(k for k in RUN_DEFINING if k != "seed_everything") + FIT_DEFINING
     for run, record in records[1:]:
         changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in defining_changes(
-            base["fit"].get("config") or {}, record["fit"].get("config") or {}, keys).items()]
+            runinfo.fit_options(base["fit"]), runinfo.fit_options(record["fit"]), keys).items()]
         if _other_data(base["fit"], record["fit"]):
             changed.append("the data (another data fingerprint)")
         before, after = base.get("test"), record.get("test")

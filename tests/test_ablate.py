@@ -24,6 +24,7 @@ import yaml
 from matplotlib.image import imread
 from pytorch_lightning.loggers.logger import DummyLogger
 
+from avvp_lightning import runinfo
 from avvp_lightning.cli import config_dir
 from avvp_lightning.data.llp import read_video_list, video_id
 from avvp_lightning.data.synthetic import generate_llp
@@ -296,6 +297,11 @@ def test_finished_runs_moved_or_spelt_otherwise_are_the_sweeps(swept: SimpleName
     runs = ablate.plan_runs(["han"], [0], opts.output_dir)
     assert ablate.sweep(runs, extra, dry_run=True) == []  # finished: nothing to do, nothing to say
     assert "finished with other" not in capsys.readouterr().err
+    record = json.loads((copy / "han" / "seed0" / "run.json").read_text())
+    record["test"]["data"]["sha256"] = "0" * 64  # tested on other data than it was fit on, and the sweep has
+    (copy / "han" / "seed0" / "run.json").write_text(json.dumps(record))
+    ablate.sweep(runs, extra, dry_run=True)
+    assert "han seed 0: finished with other options or data than this sweep's (test data: " in capsys.readouterr().err
     (data / "AVVP_train.csv").write_text((data / "AVVP_train.csv").read_text().replace("\n", "\n\n", 1))  # other data
     ablate.sweep(runs, extra, dry_run=True)
     assert "han seed 0: finished with other options or data than this sweep's (data: " in capsys.readouterr().err
@@ -448,5 +454,34 @@ def test_options_finetune_refuses_stop_the_sweep_before_any_run(tmp_path: Path,
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert "unrecognized arguments: --model.hiden 3" in err and "avvp-finetune fit --help" in err
-        assert "[avvp-ablate] avvp-finetune fit refuses the options above; fix them" in err
+        assert "[avvp-ablate] avvp-finetune fit refuses the options above (row han); fix them" in err
     assert not out.exists()
+    bad = tmp_path / "badheads.yaml"  # a later row's config: found before the first row trains
+    bad.write_text("model:\n  hidden_dim: 32\n  num_heads: 3\n")
+    with pytest.raises(DataError, match="must be divisible by num_heads=3"):
+        ablate.main(["--configs", f"han,{bad}", "--seeds", "1", "--output_dir", str(out), "--dry_run"])
+    for option in (["--trainer.limit_val_batches", "0"], ["--trainer.fast_dev_run", "true"]):  # no best.ckpt to test
+        with pytest.raises(DataError, match=r"the sweep tests each run's best.ckpt, which validation picks"):
+            ablate.main(["--configs", "han", "--seeds", "1", "--output_dir", str(out), *option])
+    assert not out.exists()
+
+
+def test_report_and_ablate_read_a_resumed_fit_as_it_ended(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def run(seed: int, epochs: int, resumed_to: Optional[int]) -> None:
+        path = tmp_path / "han" / f"seed{seed}"
+        (path / "test").mkdir(parents=True)
+        per_class = {key: {c: 0.5 for c in CLASSES} for key in ("segment/audio", "segment/visual")}
+        (path / "test" / "metrics.json").write_text(json.dumps({**{key: 0.5 for key in METRIC_KEYS},
+                                                                "per_class": per_class}))
+        fit = {"config": {"model": {"hidden_dim": 32}, "trainer": {"max_epochs": epochs}}}
+        if resumed_to is not None:  # killed, then resumed with another max_epochs
+            fit["resumes"] = [{"changes": {"trainer.max_epochs": [epochs, resumed_to]}}]
+        (path / "run.json").write_text(json.dumps({"fit": fit, "test": {"config": {}}}))
+
+    run(0, 30, 4), run(1, 4, None)  # both trained 4 epochs
+    assert report.differences(report.find_runs(tmp_path)[0]["han"]) == []
+    run(2, 30, None)
+    assert report.differences(report.find_runs(tmp_path)[0]["han"]) == [
+        "seed 2 against seed 0: trainer.max_epochs 4 -> 30"]
+    assert runinfo.fit_options({"config": {"trainer": {"max_epochs": 30}},
+                                "resumes": [{"changes": {"trainer.max_epochs": [30, 4]}}]})["trainer.max_epochs"] == 4

@@ -247,6 +247,20 @@ def test_finetune_fit_under_ddp_spawn(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.slow
+def test_ablate_sweep_runs_fit_then_test_under_ddp(tmp_path: Path) -> None:
+    # One process runs both commands of each run: the second DDP launch needs the first's process
+    # group and launcher variables gone, and its other process the sweep's command line.
+    root = generate_llp(tmp_path / "llp", seed=3, **SPLITS, **DIMS)
+    out = run_ddp("avvp-ablate", ["--configs", "han", "--seeds", "1", "--output_dir", str(tmp_path / "out"),
+                                  "--data.root", str(root), "--data.batch_size", "4", "--model.hidden_dim", "32",
+                                  "--model.ffn_dim", "32", "--trainer.enable_progress_bar=false",
+                                  "--trainer.accelerator", "cpu", "--trainer.max_epochs=1",
+                                  *(f"--data.{k}={v}" for k, v in DIMS.items())])
+    result = json.loads((tmp_path / "out" / "han" / "seed0" / "test" / "metrics.json").read_text())
+    assert result["num_videos"] == SPLITS["num_test"] and "[avvp-ablate] done: 1 run(s)" in out
+
+
+@pytest.mark.slow
 def test_pretrain_ddp_validation_equals_single_process(tmp_path: Path) -> None:
     # 15 train / 5 val videos; with batches of 2 the val processes get 2 and 3 videos (1 and 2 batches).
     root = generate_snippets(tmp_path / "snippets", num_videos=20, seed=0, **DIMS)
