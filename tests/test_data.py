@@ -511,6 +511,13 @@ def test_bad_feature_files_are_named(root: Path) -> None:
     np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
     np.save(visual / f"{ids[1]}.npy", np.zeros((75, 32), np.float32))
     assert f"{visual / ids[1]}.npy: wrong shape (75, 32), expected (10*k, 32) for a whole k >= 1" in _error(root)
+    for name in ids[:2]:  # videos of another length (one row per segment): the option named first
+        np.save(audio / f"{name}.npy", np.zeros((20, 32), np.float32))
+    assert _error(root).split("\n")[1].endswith(f"{audio}: 2 files have 20 rows where 10 segments are expected; "
+                                                "for videos of 20 segments, give --data.num_segments 20 (avvp-data: "
+                                                "--num-segments 20)")
+    (audio / f"{ids[0]}.npy").unlink()
+    np.save(audio / f"{ids[1]}.npy", np.zeros((10, 32), np.float32))
     np.savez(audio / f"{ids[0]}.npz", np.zeros((10, 32), np.float32))  # saved with savez: not read
     assert f"{audio / ids[0]}.npy: missing feature file ({ids[0]}.npz is there: features are one .npy array " \
            "per video)" in _error(root)

@@ -367,6 +367,8 @@ def _read_npy(path: Path, num_segments: int, dim: Optional[int], rows: Optional[
                      f"for a whole k >= 1, e.g. ({num_segments}, {width}) or ({8 * num_segments}, {width})")
         if array.ndim == 2 and dim is not None and array.shape[1] != dim:
             seen[("width", array.shape[1])] += 1
+        elif per_segment and array.ndim == 2 and array.shape[0]:
+            seen[("rows", array.shape[0])] += 1
         return None
     peak = float(max(array.max(initial=0), -array.min(initial=0)))  # NaN or inf when the file holds one
     if not np.isfinite(peak):
@@ -435,7 +437,13 @@ def iter_features(folder: str | Path, filenames: Sequence[str], num_segments: in
         if vid in repeated:
             cache[vid] = array
         yield i, array
-    widths = Counter({key[1]: n for key, n in seen.items() if isinstance(key, tuple)}).most_common(1)
+    lengths = Counter({key[1]: n for key, n in seen.items() if isinstance(key, tuple) and key[0] == "rows"})
+    if lengths and lengths.most_common(1)[0][1] > 1:  # videos of another length, one row per segment
+        segments, count = lengths.most_common(1)[0]
+        problems.insert(first_problem, f"{folder}: {count} files have {segments} rows where {num_segments} "
+                        f"segments are expected; for videos of {segments} segments, give --data.num_segments "
+                        f"{segments} (avvp-data: --num-segments {segments})")
+    widths = Counter({key[1]: n for key, n in seen.items() if isinstance(key, tuple) and key[0] == "width"}).most_common(1)
     if widths and widths[0][1] > 1:  # the likely cause first: features of another size
         problems.insert(first_problem, f"{folder}: {widths[0][1]} files are {widths[0][0]} wide where {dim} is "
                         f"expected; if they are the features you want, set this folder's feature size to "
