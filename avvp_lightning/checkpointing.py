@@ -400,9 +400,14 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, checkpoint: Optio
 
 # Optimizer settings that change how a step is computed, not what it computes.
 _SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")
-# Param group entries that schedulers set or move as training runs (OneCycleLR and CyclicLR cycle the
-# momentum or betas and add these keys; any scheduler moves ``lr``, whose start is ``initial_lr``).
-_SCHEDULED = ("lr", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+# Param group entries that schedulers move as training runs (any scheduler moves ``lr``, whose start is
+# ``initial_lr``; OneCycleLR and CyclicLR cycle the momentum or beta1).
+_SCHEDULED = ("lr", "initial_lr")
+# Param group entries that schedulers add (OneCycleLR): compared where both sides have them.
+_SCHEDULER_ADDED = ("max_lr", "min_lr", "max_momentum", "base_momentum")
+# Scheduler attributes set from their constructor's arguments under other names (ReduceLROnPlateau's
+# min_lr, CyclicLR's max_lr, step sizes and momentum bounds).
+_RENAMED = ("min_lrs", "max_lrs", "total_size", "step_ratio", "base_momentums", "max_momentums")
 
 
 def _plain(value: Any) -> Any:
@@ -422,7 +427,9 @@ def _group_settings(group: dict[str, Any], scheduled: bool) -> dict[str, Any]:
     """
     cycled = "base_momentum" in group  # OneCycleLR / CyclicLR with cycle_momentum
     settings = {k: _plain(v) for k, v in group.items() if k not in ("params", *_SCHEDULED, *_SPEED_ONLY)
-                and not (cycled and k in ("momentum", "betas"))}
+                and not (cycled and k == "momentum")}
+    if cycled and isinstance(settings.get("betas"), list):
+        settings["betas"] = settings["betas"][1:]  # beta1 cycles, beta2 stays
     if not scheduled or "initial_lr" in group:
         settings["lr"] = _plain(group.get("initial_lr", group.get("lr")))
     return settings
@@ -437,7 +444,7 @@ def _scheduler_settings(scheduler: Any, state: dict[str, Any]) -> dict[str, Any]
         except (KeyError, TypeError, ValueError):
             continue
     return {k: _plain(v) for k, v in state.items()
-            if k in arguments and k not in ("self", "optimizer", "last_epoch", "verbose")}
+            if (k in arguments or k in _RENAMED) and k not in ("self", "optimizer", "last_epoch", "verbose")}
 
 
 def _configured(model: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
@@ -492,16 +499,20 @@ def check_training_state(path: str | Path, checkpoint: dict[str, Any], model: An
         if len(groups) != len(saved_groups):
             differ.append(f"{len(saved_groups)} parameter group(s) in the checkpoint, {len(groups)} configured")
             continue
-        scheduled = bool(schedulers) or bool(checkpoint.get("lr_schedulers"))
         for group, saved_group in zip(groups, saved_groups):
-            ours, theirs = _group_settings(group, scheduled), _group_settings(saved_group, scheduled)
-            if set(ours) - set(theirs) and set(theirs) - set(ours):
+            ours = _group_settings(group, bool(schedulers))
+            theirs = _group_settings(saved_group, bool(checkpoint.get("lr_schedulers")))
+            keys_ours, keys_theirs = set(ours) - set(_SCHEDULER_ADDED), set(theirs) - set(_SCHEDULER_ADDED)
+            if keys_ours - keys_theirs - {"lr"} and keys_theirs - keys_ours - {"lr"}:
                 differ.append(f"another optimizer (its settings {sorted(set(theirs) - set(ours))}, configured "
                               f"{sorted(set(ours) - set(theirs))}) than {type(optimizer).__name__}")
                 break
             differ += [f"optimizer {k} {theirs[k]!r} in the checkpoint, {v!r} configured" for k, v in ours.items()
                        if k in theirs and theirs[k] != v]
-    for scheduler, state in zip(schedulers, checkpoint.get("lr_schedulers") or []):
+    saved_schedulers = checkpoint.get("lr_schedulers") or []
+    if len(schedulers) != len(saved_schedulers):
+        differ.append(f"{len(saved_schedulers)} LR scheduler(s) in the checkpoint, {len(schedulers)} configured")
+    for scheduler, state in zip(schedulers, saved_schedulers):
         theirs = _scheduler_settings(scheduler, state)
         differ += [f"lr_scheduler {k} {theirs[k]!r} in the checkpoint, {v!r} configured"
                    for k, v in _scheduler_settings(scheduler, scheduler.state_dict()).items()

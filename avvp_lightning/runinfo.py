@@ -182,7 +182,8 @@ def same_data(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     exported = [any("export_sha256" in f for f in (record.get("features") or {}).values()) for record in (before, after)]
     if exported[0] != exported[1]:  # one recorded before fingerprints held export.json: compared without it
         plain, other = (before, after) if exported[1] else (after, before)
-        return plain.get("sha256") == _data_digest(other, exports=False)
+        if plain.get("sha256") == _data_digest(other, exports=False):
+            return True
     if before.get("csv") != after.get("csv"):
         return False
     stores = [(record.get("store") or {}).get("sha256") for record in (before, after)]
@@ -293,7 +294,8 @@ def fit_options(fit: Mapping[str, Any]) -> dict[str, Any]:
     flat = flatten_config(fit.get("config") or {})
     resumes = fit.get("resumes") or []
     last = resumes[-1] if isinstance(resumes, list) and resumes and isinstance(resumes[-1], dict) else {}
-    for key, change in (last.get("changes") or {}).items():
+    changes = last.get("changes")
+    for key, change in (changes.items() if isinstance(changes, dict) else ()):
         if isinstance(change, list) and len(change) == 2:
             flat[key] = change[1]
     return flat

@@ -46,6 +46,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -155,7 +156,7 @@ class Run:
         if isinstance(trained_on, dict) and trained_on.get("sha256"):
             root = data.get("root")
             if root is None:  # the embedded default: the same when the fit used it too
-                same = fit["config"].get("data", {}).get("root") is None
+                same = (fit["config"].get("data") or {}).get("root") is None
             else:
                 folders = {k.removesuffix("_dir"): v for k, v in data.items()
                            if k.endswith("_dir") and isinstance(v, str)}
@@ -198,10 +199,13 @@ def check_options(run: "Run", extra: list[str]) -> None:
     except (TypeError, ValueError) as err:
         raise DataError(f"invalid option value (row {run.name}): {err}") from None
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
-    if trainer.get("limit_val_batches") == 0 or trainer.get("fast_dev_run"):
-        option = "--trainer.limit_val_batches 0" if trainer.get("limit_val_batches") == 0 else "--trainer.fast_dev_run"
-        raise DataError(f"{option}: the sweep tests each run's best.ckpt, which validation picks, and this leaves "
-                        "none (no validation); remove it")
+    for option, value, leaves_none in (
+            ("--trainer.limit_val_batches 0", trainer.get("limit_val_batches"), trainer.get("limit_val_batches") == 0),
+            ("--trainer.fast_dev_run", trainer.get("fast_dev_run"), bool(trainer.get("fast_dev_run"))),
+            ("--trainer.enable_checkpointing false", None, trainer.get("enable_checkpointing") is False)):
+        if leaves_none:
+            raise DataError(f"{option}: the sweep tests each run's best.ckpt, which validation picks and fit "
+                            "saves, and this leaves none; remove it")
 
 
 def _fit_config(args: list[str], quiet: bool = True) -> Optional[dict]:
@@ -269,8 +273,10 @@ def _finetune(args: list[str]) -> None:
     # sys.argv as if avvp-finetune ran these args: Lightning's DDP launcher starts the other processes
     # with this process's command line (sys.argv), and the usage names avvp-finetune.
     argv, environ = sys.argv, dict(os.environ)
+    launched = "LOCAL_RANK" in environ  # by torchrun or SLURM: those processes and their process group stay
     script = Path(argv[0]).with_name("avvp-finetune") if argv and argv[0] else None
-    sys.argv = [str(script) if script is not None and script.is_file() else "avvp-finetune", *args]
+    script = script if script is not None and script.is_file() else shutil.which("avvp-finetune")
+    sys.argv = [str(script or "avvp-finetune"), *args]
     try:
         with warnings.catch_warnings():  # LightningCLI's note that sys.argv holds args too: the same ones
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
@@ -280,10 +286,13 @@ def _finetune(args: list[str]) -> None:
         # The next call starts its processes anew: without the DDP process group of this one (its other
         # processes have ended) and the launcher's variables (LOCAL_RANK would say it was launched).
         distributed = sys.modules.get("torch.distributed")
-        if distributed is not None and distributed.is_available() and distributed.is_initialized():
-            distributed.destroy_process_group()
+        if not launched and distributed is not None and distributed.is_available() and distributed.is_initialized():
+            with contextlib.suppress(Exception):  # never hide the command's own error
+                distributed.destroy_process_group()
         for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
-            if key not in environ:
+            if key in environ:
+                os.environ[key] = environ[key]
+            else:
                 os.environ.pop(key, None)
         _release()
 

@@ -804,6 +804,9 @@ def test_fit_from_another_runs_checkpoint_must_use_its_optimizer_settings(traine
     (["--lr_scheduler=torch.optim.lr_scheduler.OneCycleLR", "--lr_scheduler.init_args.max_lr=0.001",
       "--lr_scheduler.init_args.total_steps=10"],  # cycles the betas too
      "--lr_scheduler.init_args.total_steps=20", r"lr_scheduler total_steps 10 in the checkpoint, 20 configured"),
+    (["--lr_scheduler=torch.optim.lr_scheduler.OneCycleLR", "--lr_scheduler.init_args.max_lr=0.001",
+      "--lr_scheduler.init_args.total_steps=10"],  # a setting kept in the optimizer's groups
+     "--lr_scheduler.init_args.final_div_factor=100", r"optimizer min_lr \S+ in the checkpoint, \S+ configured"),
     (["--lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingWarmRestarts", "--lr_scheduler.init_args.T_0=1",
       "--lr_scheduler.init_args.T_mult=2"],  # T_i, T_cur move
      "--optimizer.init_args.lr=0.05", r"optimizer lr 0.0003 in the checkpoint, 0.05 configured"),

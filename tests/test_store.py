@@ -202,6 +202,14 @@ def test_data_fingerprint_tells_exports_of_other_checkpoints_apart(root: Path, t
     assert data_fingerprint(data, dirs)["sha256"] == second["sha256"]  # where the root was is not the data
     # A record made before fingerprints held export.json (a run fit then) still matches the same features.
     assert same_data(plain, second) and same_data(second, plain)
+    pack_store(data, overwrite=True, **DIMS)  # and exported folders read from their store alone (the CSVs and the store copied)
+    node = tmp_path / "node"
+    node.mkdir()
+    for csv in data.glob("*.csv"):
+        shutil.copy(csv, node)
+    shutil.copytree(data / "packed", node / "packed")
+    at_source, alone = data_fingerprint(data, dirs, data / "packed"), data_fingerprint(node, dirs, node / "packed")
+    assert same_data(at_source, alone) and same_data(alone, at_source)
 
 
 def test_store_compares_csvs_by_content(root: Path) -> None:
