@@ -33,6 +33,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.core.optimizer import _configure_optimizers
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from avvp_lightning.errors import DataError
@@ -447,30 +448,6 @@ def _scheduler_settings(scheduler: Any, state: dict[str, Any]) -> dict[str, Any]
             if (k in arguments or k in _RENAMED) and k not in ("self", "optimizer", "last_epoch", "verbose")}
 
 
-def _configured(model: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
-    """The optimizers and LR schedulers ``model.configure_optimizers()`` returns, in any of Lightning's forms."""
-    optimizers: list[torch.optim.Optimizer] = []
-    schedulers: list[Any] = []
-
-    def collect(item: Any) -> None:
-        if isinstance(item, torch.optim.Optimizer):
-            optimizers.append(item)
-        elif isinstance(item, dict):
-            if "optimizer" in item:
-                collect(item["optimizer"])
-            scheduler = item.get("lr_scheduler", item.get("scheduler"))
-            if scheduler is not None:
-                collect(scheduler)
-        elif isinstance(item, (list, tuple)):
-            for entry in item:
-                collect(entry)
-        elif hasattr(item, "state_dict") and hasattr(item, "step"):  # an LR scheduler
-            schedulers.append(item)
-
-    collect(model.configure_optimizers())
-    return optimizers, schedulers
-
-
 def check_training_state(path: str | Path, checkpoint: dict[str, Any], model: Any) -> None:
     """Check that ``fit`` can continue ``checkpoint``'s training with the configured optimizer and schedule.
 
@@ -487,10 +464,11 @@ def check_training_state(path: str | Path, checkpoint: dict[str, Any], model: An
         raise DataError(f"{path}: holds the weights only (no optimizer state or loop counters, as "
                         "save_weights_only writes), so fit cannot continue its training; validate, test and "
                         "predict can use it")
-    try:
-        optimizers, schedulers = _configured(model)
+    try:  # Lightning's own reading of configure_optimizers' forms; schedulers may come in config dicts
+        optimizers, configs, _ = _configure_optimizers(model.configure_optimizers())
     except Exception:  # noqa: BLE001 - a model without its optimizers set up: nothing to compare
         return
+    schedulers = [c["scheduler"] if isinstance(c, dict) else c for c in configs]
     differ: list[str] = []
     if len(optimizers) != len(saved):
         differ.append(f"{len(saved)} optimizer(s) in the checkpoint, {len(optimizers)} configured")

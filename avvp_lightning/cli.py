@@ -422,6 +422,19 @@ FREE_ON_RESUME = ("model.output_dir", "model.cuda_graphs", "data.root", "data.nu
                   "data.store", "data.device_resident", "data.predict_split", "data.pool_visual")
 
 
+# Per subcommand, the Trainer options whose value 0 runs nothing: (option, what the command does, advice).
+# A command that runs nothing would still replace the run's record (and fit move an earlier run aside).
+_LIMIT_ADVICE = "and would replace the run's record; give a number of batches >= 1 or a fraction"
+RUNS_NOTHING = {
+    "fit": (("max_epochs", "trains", "give 1 or more, or -1 for no limit with --trainer.max_steps"),
+            ("max_steps", "trains", "give 1 or more, or -1 for no limit"),
+            ("limit_train_batches", "trains", _LIMIT_ADVICE)),
+    "validate": (("limit_val_batches", "scores", _LIMIT_ADVICE),),
+    "test": (("limit_test_batches", "scores", _LIMIT_ADVICE),),
+    "predict": (("limit_predict_batches", "predicts", _LIMIT_ADVICE),),
+}
+
+
 def defining_changes(before: dict[str, Any], after: dict[str, Any],
                      keys: tuple[str, ...] = RUN_DEFINING) -> dict[str, list[Any]]:
     """:func:`~avvp_lightning.runinfo.config_changes` of the options ``keys`` (prefixes), less :data:`FREE_ON_RESUME`."""
@@ -784,18 +797,10 @@ class AVVPCLI(LightningCLI):
         if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
             raise DataError(f"--run.name {name!r}: a plain name is needed (the run folder is "
                             "<run.output_dir>/<run.name>/seed<seed>), not a path or an empty name")
-        if self.subcommand == "fit" and cfg.trainer.get("max_epochs") == 0:
-            raise DataError("invalid option value: --trainer.max_epochs 0 trains nothing (give 1 or more, or -1 "
-                            "for no limit with --trainer.max_steps)")
-        if self.subcommand == "fit" and cfg.trainer.get("max_steps") == 0:
-            raise DataError("invalid option value: --trainer.max_steps 0 trains nothing (give 1 or more, or -1 "
-                            "for no limit)")
-        limit, does = {"fit": ("limit_train_batches", "trains"), "validate": ("limit_val_batches", "scores"),
-                       "test": ("limit_test_batches", "scores"),
-                       "predict": ("limit_predict_batches", "predicts")}.get(self.subcommand, (None, ""))
-        if limit and cfg.trainer.get(limit) is not None and cfg.trainer.get(limit) == 0:
-            raise DataError(f"invalid option value: --trainer.{limit} {cfg.trainer.get(limit)} {does} nothing (and "
-                            f"would replace the run's record; give a number of batches >= 1 or a fraction)")
+        for option, does, advice in RUNS_NOTHING.get(self.subcommand, ()):  # 0 of them: nothing would run
+            if cfg.trainer.get(option) is not None and cfg.trainer.get(option) == 0:
+                raise DataError(f"invalid option value: --trainer.{option} {cfg.trainer.get(option)} {does} nothing "
+                                f"({advice})")
         if cfg.get("ckpt_path") is not None and not str(cfg.get("ckpt_path")).strip():
             raise DataError(f"--ckpt_path {cfg.get('ckpt_path')!r}: empty (an unset variable?); give best, last or a "
                             "checkpoint file")

@@ -136,6 +136,17 @@ def _grid(datamodule: pl.LightningDataModule) -> tuple[int, int]:
 LIMITS = {"val": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
 
 
+def _check_fraction(what: str, option: str, limit: object, batches: int, per_process: bool = False) -> None:
+    """DataError when ``--trainer.<option>``, a fraction, keeps less than one of ``batches``.
+
+    Lightning stops on that with a traceback once the loop starts, after the run had begun (an
+    earlier run in the folder moved aside); here it is one line while the data loads.
+    """
+    if isinstance(limit, float) and 0 < limit < 1 and batches and int(batches * limit) == 0:
+        raise DataError(f"{what}: --trainer.{option}={limit} of its {batches} batches"
+                        f"{' per process' if per_process else ''} is less than one batch; raise the limit")
+
+
 def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDataset:
     """The videos of an evaluation split that are scored: the same ones for any number of processes.
 
@@ -157,9 +168,7 @@ def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDatase
     dataset, what = datamodule.datasets[split], f"{type(datamodule).__name__} {split} set"
     limit = getattr(trainer, LIMITS[split], 1.0) if trainer is not None and split in LIMITS else 1.0
     batches = math.ceil(len(dataset) / datamodule.batch_size)
-    if isinstance(limit, float) and 0 < limit < 1 and batches and int(batches * limit) == 0:  # Lightning: a traceback
-        raise DataError(f"{what}: --trainer.{LIMITS[split]}={limit} of its {batches} batches is less than "
-                        "one batch; raise the limit")
+    _check_fraction(what, LIMITS[split], limit, batches)
     if world > 1 and limit != 0 and not (isinstance(limit, float) and limit == 1.0):  # int 1: one batch
         kept = int(batches * limit) if isinstance(limit, float) else min(int(limit), batches)
         size = min(len(dataset), kept * datamodule.batch_size)
@@ -171,20 +180,13 @@ def scored_videos(datamodule: pl.LightningDataModule, split: str) -> VideoDatase
 
 
 def check_train_limit(datamodule: pl.LightningDataModule) -> None:
-    """DataError when ``--trainer.limit_train_batches`` is a fraction of less than one training batch.
-
-    Lightning stops on that with a traceback once training starts, after the run had begun (an
-    earlier run in the folder moved aside); here it is one line while the data loads.
-    """
+    """DataError when ``--trainer.limit_train_batches`` is a fraction of less than one training batch."""
     trainer, (_, world) = datamodule.trainer, _grid(datamodule)
     limit = getattr(trainer, "limit_train_batches", 1.0) if trainer is not None else 1.0
     if not (isinstance(limit, float) and 0 < limit < 1) or "train" not in datamodule.datasets:
         return
     batches = math.ceil(math.ceil(len(datamodule.datasets["train"]) / world) / datamodule.batch_size)  # per process
-    if batches and int(batches * limit) == 0:
-        raise DataError(f"{type(datamodule).__name__} train set: --trainer.limit_train_batches={limit} of its "
-                        f"{batches} batches{' per process' if world > 1 else ''} is less than one batch; raise the "
-                        "limit")
+    _check_fraction(f"{type(datamodule).__name__} train set", "limit_train_batches", limit, batches, world > 1)
 
 
 def _eval_loader(datamodule: pl.LightningDataModule, split: str) -> DataLoader:
